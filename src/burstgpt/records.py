@@ -1,0 +1,85 @@
+"""Per-request records: the one schema written by both the load generator (`client`) and the simulator (`sim`),
+and read by `metrics` and `report`.
+
+All times are seconds since the run's start (the instant request schedule time 0 refers to).
+
+| column              | dtype        | meaning                                                                  |
+|---------------------|--------------|--------------------------------------------------------------------------|
+| request_id          | Int64        | the workload's request_id                                                |
+| model               | Utf8         | model name sent / simulated                                              |
+| service             | Utf8         | `conversation` or `api` (from the workload), nullable                    |
+| scheduled_s         | Float64      | when the request was due to be sent (the workload's arrival_s)          |
+| sent_s              | Float64      | when it was actually sent (simulator: arrival time); null if never sent |
+| first_scheduled_s   | Float64      | simulator only: first time the engine scheduled it; null for the client  |
+| first_token_s       | Float64      | when the first output token arrived; null if none did                    |
+| end_s               | Float64      | when the request ended (success, failure or cancellation)               |
+| input_tokens        | Int64        | prompt tokens (server `usage` when given, else counted)                  |
+| output_tokens       | Int64        | completion tokens received (server `usage` when given, else counted)     |
+| status              | Utf8         | `ok`, `failed` or `cancelled`                                            |
+| error_class         | Utf8         | null when ok; else one of ERROR_CLASSES                                  |
+| error_message       | Utf8         | short human-readable message, nullable                                   |
+| http_status         | Int64        | HTTP status code, nullable                                               |
+| bytes_received      | Int64        | response bytes received (0 for the simulator)                            |
+| preemptions         | Int64        | simulator only: times the request was preempted; null for the client     |
+| chunk_times_s       | List(Float64)| optional: arrival time of every streamed chunk; null when not recorded   |
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_CANCELLED = "cancelled"
+
+#: Failure classes. Every failed request carries exactly one.
+ERROR_CLASSES = (
+    "timeout",  # total request time exceeded (client), or aborted by the server's timeout (sim)
+    "ttft_timeout",  # no first token within the time-to-first-token timeout
+    "connection_refused",
+    "connection_reset",  # connection dropped/reset, including mid-stream
+    "http_429",
+    "http_4xx",
+    "http_5xx",
+    "stream_broken",  # stream ended before [DONE] / usage without a connection error
+    "stream_error_event",  # an error object arrived inside the stream
+    "malformed_response",  # response not parseable as the expected JSON / SSE
+    "rejected",  # refused by the server's queue limit (sim)
+    "other",
+)
+
+REQUEST_RECORD_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.Int64(),
+    "model": pl.Utf8(),
+    "service": pl.Utf8(),
+    "scheduled_s": pl.Float64(),
+    "sent_s": pl.Float64(),
+    "first_scheduled_s": pl.Float64(),
+    "first_token_s": pl.Float64(),
+    "end_s": pl.Float64(),
+    "input_tokens": pl.Int64(),
+    "output_tokens": pl.Int64(),
+    "status": pl.Utf8(),
+    "error_class": pl.Utf8(),
+    "error_message": pl.Utf8(),
+    "http_status": pl.Int64(),
+    "bytes_received": pl.Int64(),
+    "preemptions": pl.Int64(),
+    "chunk_times_s": pl.List(pl.Float64()),
+}
+
+
+def empty_request_records() -> pl.DataFrame:
+    """A zero-row frame with the request-record schema."""
+    return pl.DataFrame(schema=REQUEST_RECORD_SCHEMA)
+
+
+def conform_request_records(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add any missing record columns as nulls, cast to the schema and order the columns."""
+    exprs = []
+    for name, dtype in REQUEST_RECORD_SCHEMA.items():
+        if name in frame.columns:
+            exprs.append(pl.col(name).cast(dtype))
+        else:
+            exprs.append(pl.lit(None, dtype=dtype).alias(name))
+    return frame.select(exprs)

@@ -1,0 +1,53 @@
+"""The normalised trace table every reader produces and every analysis consumes.
+
+| column          | dtype   | meaning                                                                       |
+|-----------------|---------|-------------------------------------------------------------------------------|
+| timestamp_s     | Float64 | seconds from the trace's origin (see `Trace.origin`), sorted ascending        |
+| model           | Utf8    | e.g. `ChatGPT`, `GPT-4`                                                        |
+| service         | Utf8    | `conversation` or `api`                                                        |
+| request_tokens  | Int64   | prompt length, tokens                                                          |
+| response_tokens | Int64   | response length, tokens                                                        |
+| failed          | Boolean | the request failed; BurstGPT's definition: `response_tokens == 0`              |
+| session_id      | Utf8    | nullable; conversation session (BurstGPT 8-column schema)                      |
+| elapsed_s       | Float64 | nullable; request elapsed time, seconds (BurstGPT 8-column schema)             |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import polars as pl
+
+TRACE_SCHEMA: dict[str, pl.DataType] = {
+    "timestamp_s": pl.Float64(),
+    "model": pl.Utf8(),
+    "service": pl.Utf8(),
+    "request_tokens": pl.Int64(),
+    "response_tokens": pl.Int64(),
+    "failed": pl.Boolean(),
+    "session_id": pl.Utf8(),
+    "elapsed_s": pl.Float64(),
+}
+
+SERVICES = ("conversation", "api")
+
+
+@dataclass
+class Trace:
+    """A loaded trace.
+
+    `origin` is the wall-clock instant of `timestamp_s == 0` when known (it gives hour of day and day of week
+    their calendar meaning); when None, hour of day is `timestamp_s // 3600 % 24` and day 0 is taken as the
+    first day of the week. `load_report` says what the loader did (rows read, rows dropped, rows re-sorted).
+    """
+
+    frame: pl.DataFrame
+    source: str
+    format: str
+    origin: datetime | None = None
+    load_report: dict = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        return self.frame.height
