@@ -1,4 +1,4 @@
-"""The `burstgpt` command. Thin: each part registers its own subcommands in its `commands` module."""
+"""The `burstgpt` command. Thin: each subcommand lives in `burstgpt.commands.<name>` (glue that may import any part)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from burstgpt.errors import BurstGPTError
 #: Modules that define `register(subparsers)`; each adds its subcommands with `set_defaults(func=...)`,
 #: where `func(args) -> int | None` is the exit status.
 COMMAND_MODULES = (
-    "burstgpt.trace.commands",  # trace download / trace info
-    "burstgpt.analysis.commands",  # analyze
-    "burstgpt.workload.commands",  # workload fit / generate / inspect
-    "burstgpt.client.commands",  # bench
-    "burstgpt.sim.commands",  # simulate
-    "burstgpt.server.commands",  # serve-sim
-    "burstgpt.report.commands",  # report
-    "burstgpt.demo",  # demo
+    "burstgpt.commands.trace",  # trace download / trace info
+    "burstgpt.commands.analyze",  # analyze
+    "burstgpt.commands.workload",  # workload fit / generate / inspect
+    "burstgpt.commands.bench",  # bench
+    "burstgpt.commands.simulate",  # simulate
+    "burstgpt.commands.serve_sim",  # serve-sim
+    "burstgpt.commands.report",  # report
+    "burstgpt.commands.demo",  # demo
 )
 
 

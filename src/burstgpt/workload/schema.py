@@ -33,7 +33,9 @@ WORKLOAD_SCHEMA: dict[str, pl.DataType] = {
 
 
 def conform_workload(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add missing workload columns as nulls, cast to the schema and order the columns."""
+    """Add missing workload columns as nulls (request_id as 0..n-1), cast to the schema and order the columns."""
+    if "request_id" not in frame.columns:
+        frame = frame.with_row_index("request_id")
     exprs = []
     for name, dtype in WORKLOAD_SCHEMA.items():
         if name in frame.columns:

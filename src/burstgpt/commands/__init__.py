@@ -1,0 +1,1 @@
+"""CLI subcommands: glue between the parts. Each module defines `register(subparsers)`."""

@@ -1,5 +1,0 @@
-"""CLI subcommands of this part (placeholder until the part is built)."""
-
-
-def register(subparsers) -> None:  # noqa: ARG001
-    return None
