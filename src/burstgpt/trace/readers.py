@@ -223,7 +223,8 @@ class _Context:
             frame = pl.read_csv(self.path, columns=list(types), schema_overrides=types, infer_schema=False)
         except pl.exceptions.PolarsError:
             text = self._read_csv_as_text(list(types))
-            frame = self.cast_checked(text, types)
+            self.rows_read = text.height
+            return self.cast_checked(text, types)
         self.rows_read = frame.height
         return frame
 
