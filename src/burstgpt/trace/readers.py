@@ -311,18 +311,24 @@ def _read_burstgpt(ctx: _Context) -> pl.DataFrame:
     if eight:
         types |= {"Session ID": pl.Utf8(), "Elapsed time": pl.Float64()}
     frame = ctx.read_csv(types)
+    # Map the few distinct text values once instead of string-processing every row.
+    log_types = {v: BURSTGPT_LOG_TYPES.get(v.strip()) for v in frame["Log Type"].unique().drop_nulls()}
+    models = {v: v.strip() or None for v in frame["Model"].unique().drop_nulls()}
+    frame = frame.with_columns(
+        pl.col("Log Type").replace_strict(log_types, default=None, return_dtype=pl.Utf8).alias("_service"),
+        pl.col("Model").replace_strict(models, default=None, return_dtype=pl.Utf8),
+    )
     numeric = {"Timestamp": "timestamp_s", "Request tokens": "request_tokens", "Response tokens": "response_tokens"}
     checks, messages = _numeric_checks(numeric)
-    checks["Model"] = pl.col("Model").is_null() | (pl.col("Model").str.strip_chars() == "")
+    checks["Model"] = pl.col("Model").is_null()
     messages["Model"] = "missing model name"
-    known = list(BURSTGPT_LOG_TYPES)
-    checks["Log Type"] = ~pl.col("Log Type").str.strip_chars().is_in(known)
-    messages["Log Type"] = f"unknown log type (expected {' or '.join(known)})"
+    checks["Log Type"] = pl.col("_service").is_null()
+    messages["Log Type"] = f"unknown log type (expected {' or '.join(BURSTGPT_LOG_TYPES)})"
     frame = ctx.check_values(frame, checks, messages)
     return frame.select(
         pl.col("Timestamp").alias("timestamp_s"),
-        pl.col("Model").str.strip_chars().alias("model"),
-        pl.col("Log Type").str.strip_chars().replace_strict(BURSTGPT_LOG_TYPES).alias("service"),
+        pl.col("Model").alias("model"),
+        pl.col("_service").alias("service"),
         pl.col("Request tokens").alias("request_tokens"),
         pl.col("Response tokens").alias("response_tokens"),
         (pl.col("Session ID").str.strip_chars() if eight else pl.lit(None, pl.Utf8)).alias("session_id"),
