@@ -1,0 +1,132 @@
+"""Statistics and plots of a workload table (`burstgpt workload inspect`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from burstgpt.outputs import atomic_path
+
+
+def default_window_s(frame: pl.DataFrame) -> float:
+    """Window for rate and alpha/beta plots: the span / 50, at least 1 s."""
+    span = float(frame["arrival_s"].max() - frame["arrival_s"].min()) if frame.height > 1 else 1.0
+    return max(span / 50.0, 1.0)
+
+
+def workload_stats(frame: pl.DataFrame) -> dict[str, object]:
+    """Summary of a workload: counts, span and rates (requests/s), overall Gamma fit of the gaps, request-length
+    quantiles and Zipf fit (tokens), response settings, prompt and service coverage."""
+    from burstgpt.analysis.fits import fit_gamma, fit_zipf, interarrival_gaps
+
+    stats: dict[str, object] = {"requests": frame.height}
+    if frame.height == 0:
+        return stats
+    arrivals = frame["arrival_s"].to_numpy()
+    span = float(arrivals[-1] - arrivals[0])
+    stats["span_s"] = span
+    stats["mean_rate_rps"] = frame.height / span if span > 0 else float("nan")
+    window = default_window_s(frame)
+    counts = np.bincount(np.floor((arrivals - arrivals[0]) / window).astype(np.int64))
+    stats[f"peak_rate_rps_{window:.4g}s_window"] = float(counts.max() / window)
+    gaps = np.diff(arrivals)
+    if gaps.size >= 2 and gaps.mean() > 0:
+        stats["gap_cv"] = float(gaps.std() / gaps.mean())
+        # interarrival_gaps spreads quantised stamps (a replayed whole-second trace) inside their resolution.
+        spread = interarrival_gaps(arrivals)
+        if np.sum(spread > 0) >= 2 and np.ptp(spread) > 0:
+            gamma = fit_gamma(spread)
+            stats["gamma_alpha"] = float(gamma.alpha)
+            stats["gamma_beta_s"] = float(gamma.beta_s)
+    inputs = frame["input_tokens"].to_numpy()
+    stats["input_tokens_mean"] = float(inputs.mean())
+    for q in (50, 90, 99):
+        stats[f"input_tokens_p{q}"] = float(np.percentile(inputs, q))
+    stats["input_tokens_min"] = int(inputs.min())
+    stats["input_tokens_max"] = int(inputs.max())
+    positive_inputs = inputs[inputs > 0]
+    if positive_inputs.size >= 2 and positive_inputs.min() < positive_inputs.max():
+        stats["input_zipf_theta"] = float(fit_zipf(positive_inputs).theta)
+    outputs = frame["output_tokens"]
+    stats["output_tokens_set"] = int(outputs.is_not_null().sum())
+    if outputs.is_not_null().any():
+        stats["output_tokens_mean"] = float(outputs.mean())
+    cap = frame["max_output_tokens"]
+    stats["max_output_tokens"] = "none" if cap.is_null().all() else int(cap.max())
+    stats["with_prompt"] = int(frame["prompt"].is_not_null().sum())
+    services = frame["service"].drop_nulls().value_counts(sort=True)
+    if services.height:
+        stats["services"] = ", ".join(f"{s}={c}" for s, c in services.iter_rows())
+    return stats
+
+
+def plot_workload(frame: pl.DataFrame, out_dir: str | Path, window_s: float | None = None) -> list[Path]:
+    """Write rate.png (requests/s per window over time), gamma_params.png (per-window fitted alpha and beta)
+    and lengths.png (histograms of input and intended output tokens) into `out_dir`. Returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from burstgpt.analysis.fits import gamma_fit_per_window
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    window = window_s or default_window_s(frame)
+    arrivals = frame["arrival_s"].to_numpy()
+    written = []
+
+    counts = np.bincount(np.floor((arrivals - arrivals[0]) / window).astype(np.int64))
+    starts = arrivals[0] + np.arange(counts.size) * window
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.step(starts, counts / window, where="post")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(f"requests/s ({window:.4g} s windows)")
+    ax.set_title("Instantaneous arrival rate")
+    written.append(_save(fig, out_dir / "rate.png"))
+
+    fits = gamma_fit_per_window(arrivals, window_s=window, min_arrivals=10, start_s=float(arrivals[0]))
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    if fits.height:
+        mid = (fits["window_start_s"] + fits["window_end_s"]).to_numpy() / 2
+        ax.plot(mid, fits["alpha"].to_numpy(), "o-", color="C0", label="alpha (shape)")
+        ax.set_ylabel("alpha", color="C0")
+        twin = ax.twinx()
+        twin.plot(mid, fits["beta_s"].to_numpy(), "s--", color="C1", label="beta (scale, s)")
+        twin.set_ylabel("beta (s)", color="C1")
+    ax.set_xlabel("time (s)")
+    ax.set_title(f"Gamma fit of inter-arrival gaps per {window:.4g} s window")
+    written.append(_save(fig, out_dir / "gamma_params.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    inputs = frame["input_tokens"].to_numpy()
+    edges = np.unique(np.geomspace(max(inputs.min(), 1), max(inputs.max(), 2) + 1, 60).astype(np.int64))
+    counts, edges = np.histogram(inputs, bins=edges)
+    # Requests per token of length, so a Zipf law is a straight line on log-log axes.
+    axes[0].stairs(counts / np.diff(edges), edges, fill=True)
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("input tokens")
+    axes[0].set_ylabel("requests per token")
+    axes[0].set_title("Request lengths")
+    outputs = frame["output_tokens"].drop_nulls().to_numpy()
+    if outputs.size:
+        axes[1].hist(outputs, bins=60)
+        axes[1].set_xlabel("intended output tokens")
+        axes[1].set_title("Response lengths")
+    else:
+        axes[1].text(0.5, 0.5, "left to the model", ha="center", va="center", transform=axes[1].transAxes)
+        axes[1].set_axis_off()
+    written.append(_save(fig, out_dir / "lengths.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
