@@ -1,0 +1,318 @@
+"""One OpenAI-compatible request (`/v1/completions` or `/v1/chat/completions`), streamed (SSE) or not, timed
+and classified into exactly one outcome of `burstgpt.records`.
+
+Timing: `sent_s` is taken just before the request is handed to aiohttp; `first_token_s` when the first chunk
+carrying output text arrives (streaming only: a non-streamed response has no first-token time); `end_s`
+when the request ends, whatever the outcome. All are seconds since the run's start `t0` (loop clock).
+
+Timeouts: the total timeout bounds the whole request from `sent_s`; the TTFT timeout bounds the wait for the
+first token (for a non-streamed request, for the response headers). Both are one `asyncio.timeout` whose
+deadline moves from the TTFT deadline to the total deadline when the first token arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiohttp
+
+from burstgpt.records import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK
+
+API_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+_MESSAGE_LIMIT = 300  # characters of a server's error text kept in error_message
+_ERROR_BODY_BYTES = 4096  # bytes of an error response read for the message
+
+
+@dataclass
+class RequestRecord:
+    """One request's outcome; fields and meanings are those of `burstgpt.records.REQUEST_RECORD_SCHEMA`."""
+
+    request_id: int
+    model: str | None
+    service: str | None
+    scheduled_s: float
+    sent_s: float | None = None
+    first_scheduled_s: float | None = None
+    first_token_s: float | None = None
+    end_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    status: str = STATUS_CANCELLED
+    error_class: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    bytes_received: int = 0
+    preemptions: int | None = None
+    chunk_times_s: list[float] | None = None
+
+    def fail(self, error_class: str, message: str) -> None:
+        self.status = STATUS_FAILED
+        self.error_class = error_class
+        self.error_message = message[:_MESSAGE_LIMIT]
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    """How to talk to the server. No secrets here: the API key travels only in `RequestSender.headers`."""
+
+    base_url: str
+    api: Literal["completions", "chat"] = "completions"
+    stream: bool = True
+    include_usage: bool = True  # streaming: ask for a final usage chunk (stream_options.include_usage)
+    max_tokens: int | None = None  # cap when the workload row gives none
+    ignore_eos: bool = False  # also sent (always) when the workload fixes output_tokens
+    temperature: float | None = None
+    extra_body: dict = field(default_factory=dict)  # merged into every request body
+    timeout_s: float = 30.0
+    ttft_timeout_s: float | None = None
+    record_chunk_times: bool = False
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL: `base_url` when it already names a completions path, else base + API path."""
+        base = self.base_url.rstrip("/")
+        if base.endswith("/completions"):
+            return base
+        if base.endswith("/v1"):
+            base = base[: -len("/v1")]
+        return base + API_PATHS[self.api]
+
+
+def request_body(
+    options: EndpointOptions,
+    *,
+    model: str | None,
+    prompt: str,
+    output_tokens: int | None,
+    max_output_tokens: int | None,
+) -> dict:
+    """The JSON body for one request.
+
+    A fixed `output_tokens` (from the workload) is sent as max_tokens with ignore_eos, so the server
+    generates exactly that many; otherwise max_tokens is the row's cap or `options.max_tokens`.
+    """
+    body: dict = {"model": model} if model else {}
+    if options.api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    if output_tokens is not None:
+        body["max_tokens"] = int(output_tokens)
+        body["ignore_eos"] = True
+    elif max_output_tokens is not None or options.max_tokens is not None:
+        body["max_tokens"] = int(max_output_tokens if max_output_tokens is not None else options.max_tokens)
+    if options.ignore_eos:
+        body["ignore_eos"] = True
+    if options.temperature is not None:
+        body["temperature"] = options.temperature
+    if options.stream:
+        body["stream"] = True
+        if options.include_usage:
+            body["stream_options"] = {"include_usage": True}
+    body.update(options.extra_body)
+    return body
+
+
+class _Malformed(Exception):
+    """The response is not the JSON / SSE expected."""
+
+
+class _ErrorEvent(Exception):
+    """The server reported an error inside a 200 response (an SSE error event or an error body)."""
+
+
+class _StreamBroken(Exception):
+    """The stream ended cleanly but before `data: [DONE]`."""
+
+
+class RequestSender:
+    """Sends requests over one aiohttp session and fills their records. `t0` is the run's start (loop clock)."""
+
+    def __init__(self, session: aiohttp.ClientSession, options: EndpointOptions, headers: dict, t0: float):
+        self.session = session
+        self.options = options
+        self.url = options.url
+        self.headers = {"Content-Type": "application/json", **headers}
+        self.t0 = t0
+        self._loop = asyncio.get_running_loop()
+
+    async def send(self, record: RequestRecord, body: dict) -> RequestRecord:
+        """Send one request and record its outcome. Never raises: every failure, and cancellation, becomes
+        the record's status, error class and message."""
+        loop = self._loop
+        payload = json.dumps(body).encode()
+        sent = loop.time()
+        record.sent_s = sent - self.t0
+        total_deadline = sent + self.options.timeout_s
+        ttft = self.options.ttft_timeout_s
+        ttft_deadline = min(sent + ttft, total_deadline) if ttft else total_deadline
+        waiting_first = True
+        try:
+            async with asyncio.timeout_at(ttft_deadline) as deadline:
+                async with self.session.post(self.url, data=payload, headers=self.headers) as response:
+                    record.http_status = response.status
+                    if response.status >= 400:
+                        await self._record_http_error(record, response)
+                    elif self.options.stream:
+                        first = self._on_first_token(record, deadline, total_deadline)
+                        await self._read_stream(record, response, first)
+                    else:
+                        deadline.reschedule(total_deadline)
+                        waiting_first = False
+                        await self._read_body(record, response)
+        except TimeoutError:
+            if self.options.stream:
+                waiting_first = record.first_token_s is None
+            if waiting_first and ttft_deadline < total_deadline:
+                record.fail("ttft_timeout", f"no first token within {ttft:g} s")
+            else:
+                record.fail("timeout", f"request not finished within {self.options.timeout_s:g} s")
+        except _StreamBroken:
+            record.fail("stream_broken", "stream ended before [DONE]")
+        except _Malformed as exc:
+            record.fail("malformed_response", str(exc))
+        except _ErrorEvent as exc:
+            record.fail("stream_error_event", str(exc))
+        except aiohttp.ClientConnectorError as exc:  # before ClientOSError: it is a subclass
+            record.fail("connection_refused", _describe(exc))
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
+                ConnectionResetError) as exc:
+            record.fail("connection_reset", _describe(exc))
+        except aiohttp.ClientResponseError as exc:  # unparseable HTTP from the server
+            record.fail("malformed_response", _describe(exc))
+        except asyncio.CancelledError:
+            record.status = STATUS_CANCELLED
+            record.error_class = None
+            record.error_message = "cancelled: run stopped before the request ended"
+        except Exception as exc:  # never lose a request: anything unexpected is still accounted for
+            record.fail("other", _describe(exc))
+        record.end_s = loop.time() - self.t0
+        return record
+
+    def _on_first_token(self, record: RequestRecord, deadline: asyncio.Timeout, total_deadline: float):
+        def first(now: float) -> None:
+            record.first_token_s = now - self.t0
+            deadline.reschedule(total_deadline)
+
+        return first
+
+    async def _record_http_error(self, record: RequestRecord, response: aiohttp.ClientResponse) -> None:
+        text = await response.content.read(_ERROR_BODY_BYTES)
+        record.bytes_received += len(text)
+        status = response.status
+        error_class = "http_429" if status == 429 else "http_4xx" if status < 500 else "http_5xx"
+        record.fail(error_class, f"HTTP {status}: {text.decode(errors='replace').strip()}")
+
+    async def _read_stream(self, record: RequestRecord, response: aiohttp.ClientResponse, first) -> None:
+        loop = self._loop
+        chunk_times = [] if self.options.record_chunk_times else None
+        chunks = 0
+        usage = None
+        event = b""
+        done = False
+        try:
+            async for raw in response.content:
+                now = loop.time()
+                record.bytes_received += len(raw)
+                line = raw.strip()
+                if not line:
+                    event = b""  # a blank line ends an SSE event
+                    continue
+                if line.startswith(b":"):  # SSE comment / keep-alive
+                    continue
+                name, _, value = line.partition(b":")
+                value = value.strip()
+                if name == b"event":
+                    event = value
+                    continue
+                if name in (b"id", b"retry"):
+                    continue
+                if name != b"data":
+                    raise _Malformed(f"not an SSE line: {line[:80].decode(errors='replace')!r}")
+                if value == b"[DONE]":
+                    done = True
+                    break
+                obj = _json_object(value, "SSE data", error_event=event == b"error")
+                if obj.get("usage"):
+                    usage = obj["usage"]
+                choices = obj.get("choices")
+                if choices is None:
+                    if usage is None:
+                        raise _Malformed("SSE chunk has neither choices nor usage")
+                    continue
+                if _has_text(choices):
+                    chunks += 1
+                    if record.first_token_s is None:
+                        first(now)
+                    if chunk_times is not None:
+                        chunk_times.append(now - self.t0)
+        except ValueError as exc:  # aiohttp: a line longer than the read buffer
+            raise _Malformed(f"unreadable stream: {exc}") from None
+        finally:
+            record.chunk_times_s = chunk_times
+            record.output_tokens = chunks
+            _apply_usage(record, usage)
+        if not done:
+            raise _StreamBroken()
+        record.status = STATUS_OK
+
+    async def _read_body(self, record: RequestRecord, response: aiohttp.ClientResponse) -> None:
+        data = await response.read()
+        record.bytes_received += len(data)
+        obj = _json_object(data, "response")
+        if not isinstance(obj.get("choices"), list) or not obj["choices"]:
+            raise _Malformed("response has no choices")
+        record.output_tokens = None  # unknown without the server's usage (no tokenizer on the client)
+        _apply_usage(record, obj.get("usage"))
+        record.status = STATUS_OK
+
+
+def _json_object(data: bytes, what: str, *, error_event: bool = False) -> dict:
+    """Parse a JSON object from the server; raise _Malformed if it is not one, _ErrorEvent if it reports an
+    error (an `error` member, or an SSE `event: error`)."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        raise _Malformed(f"{what} is not JSON: {data[:80].decode(errors='replace')!r}") from None
+    if not isinstance(obj, dict):
+        raise _Malformed(f"{what} is not a JSON object")
+    if error_event or obj.get("error"):
+        raise _ErrorEvent(_error_text(obj))
+    return obj
+
+
+def _has_text(choices: list) -> bool:
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise _Malformed("choice is not a JSON object")
+        if choice.get("text"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and (delta.get("content") or delta.get("reasoning_content")):
+            return True
+    return False
+
+
+def _apply_usage(record: RequestRecord, usage) -> None:
+    """Prefer the server's token counts over the client's (chunk count / workload input length)."""
+    if not isinstance(usage, dict):
+        return
+    if isinstance(usage.get("prompt_tokens"), int):
+        record.input_tokens = usage["prompt_tokens"]
+    if isinstance(usage.get("completion_tokens"), int):
+        record.output_tokens = usage["completion_tokens"]
+
+
+def _error_text(obj: dict) -> str:
+    error = obj.get("error", obj)
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}" if exc.__class__.__name__ not in text else text

@@ -1,0 +1,97 @@
+"""Run figures in the style of the paper's Fig 16: latency, throughput, failure rate and KV-cache usage
+over one time axis; and the same panels overlaid for several runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from burstgpt.outputs import atomic_path
+
+
+@dataclass
+class RunSeries:
+    """What one run contributes to a timeline figure."""
+
+    label: str
+    timeseries: pl.DataFrame  # from burstgpt.metrics.window_series
+    server_metrics: pl.DataFrame | None  # burstgpt.metrics.server layout, or None
+
+
+def _time_axis(seconds_max: float) -> tuple[float, str]:
+    """Divisor and label so long runs read in minutes or hours."""
+    if seconds_max > 3 * 3600:
+        return 3600.0, "time since start (h)"
+    if seconds_max > 1200:
+        return 60.0, "time since start (min)"
+    return 1.0, "time since start (s)"
+
+
+def plot_timeline(runs: list[RunSeries], path: str | Path, *, title: str = "") -> Path:
+    """Write a 4-panel PNG: latency (s), throughput (req/s, with offered load), failure rate (%), KV usage (%).
+
+    One run: several statistics per panel (TTFT, end-to-end mean and p90; completed and offered req/s and
+    output tokens/s; KV usage with running/waiting requests). Several runs: one line per run per panel, so
+    runs compare on the same axes. Each series is plotted at its window's midpoint.
+    """
+    t_max = max(
+        [float(r.timeseries["window_end_s"].max() or 0) for r in runs if r.timeseries.height] or [1.0]
+    )
+    divisor, xlabel = _time_axis(t_max)
+    figure = Figure(figsize=(10, 10), constrained_layout=True)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(4, 1, sharex=True)
+    single = len(runs) == 1
+    for index, run in enumerate(runs):
+        ts = run.timeseries
+        mid = ((ts["window_start_s"] + ts["window_end_s"]) / 2 / divisor).to_numpy()
+        color = f"C{index}"
+        dots = {"marker": "o", "markersize": 3} if ts.height < 30 else {}  # short runs: a point per window
+        prefix = "" if single else f"{run.label}: "
+        if single:
+            axes[0].plot(mid, ts["e2e_mean_s"].to_numpy(), color="C0", label="end-to-end mean", **dots)
+            axes[0].plot(mid, ts["e2e_p90_s"].to_numpy(), color="C0", ls="--", label="end-to-end p90", **dots)
+            axes[0].plot(mid, ts["ttft_mean_s"].to_numpy(), color="C1", label="TTFT mean", **dots)
+            axes[1].plot(mid, ts["offered_rps"].to_numpy(), color="0.5", ls=":", label="offered req/s", **dots)
+            axes[1].plot(mid, ts["requests_per_s"].to_numpy(), color="C0", label="completed req/s", **dots)
+            tokens_axis = axes[1].twinx()
+            tokens_axis.plot(mid, ts["output_tokens_per_s"].to_numpy(), color="C2", alpha=0.7, label="output tok/s", **dots)
+            tokens_axis.set_ylabel("output tokens/s")
+            tokens_axis.legend(loc="upper right", fontsize="small")
+        else:
+            axes[0].plot(mid, ts["e2e_mean_s"].to_numpy(), color=color, label=f"{prefix}end-to-end mean", **dots)
+            axes[1].plot(mid, ts["requests_per_s"].to_numpy(), color=color, label=f"{prefix}completed req/s", **dots)
+            axes[1].plot(mid, ts["offered_rps"].to_numpy(), color=color, ls=":", alpha=0.6, **dots)
+        axes[2].plot(mid, (ts["failure_rate"] * 100).to_numpy(), color=color, label=f"{prefix}failure rate", **dots)
+        server = run.server_metrics
+        if server is not None and server.height and server["kv_cache_usage_perc"].null_count() < server.height:
+            t = (server["time_s"] / divisor).to_numpy()
+            axes[3].plot(t, (server["kv_cache_usage_perc"] * 100).to_numpy(), color=color, label=f"{prefix}KV usage")
+            if single:
+                queue_axis = axes[3].twinx()
+                for name, style in (("num_requests_running", "-"), ("num_requests_waiting", "--")):
+                    if server[name].null_count() < server.height:
+                        queue_axis.plot(t, server[name].to_numpy(), color="C3", ls=style, alpha=0.6, label=name)
+                queue_axis.set_ylabel("requests")
+                queue_axis.legend(loc="upper right", fontsize="small")
+    if not any(r.server_metrics is not None and r.server_metrics.height for r in runs):
+        axes[3].text(0.5, 0.5, "no server metrics", transform=axes[3].transAxes, ha="center", va="center")
+    for axis, ylabel in zip(axes, ("latency (s)", "throughput (req/s)", "failure rate (%)", "KV-cache usage (%)"),
+                            strict=True):
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="upper left", fontsize="small")
+    axes[2].set_ylim(bottom=0)
+    axes[3].set_ylim(0, 100)
+    axes[-1].set_xlabel(xlabel)
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    return path
