@@ -100,6 +100,19 @@ def test_window_fit_equals_scipy_fits_and_kstest():
     assert row["ks_stat"] == pytest.approx(reference_ks, abs=1e-5)
 
 
+def test_interpolated_ks_statistic_matches_scipy_across_shapes():
+    rng = np.random.default_rng(12)
+    alphas = [0.05, 0.3, 1.0, 5.0, 50.0, 200.0]
+    timestamps = gamma_window_stream(alphas, 1000.0, 2.0, rng)
+    table = gamma_fit_per_window(timestamps, window_s=1000.0)
+    for i, row in enumerate(table.iter_rows(named=True)):
+        inside = timestamps[(timestamps >= i * 1000.0) & (timestamps < (i + 1) * 1000.0)]
+        gaps = np.diff(inside)
+        gaps = gaps[gaps > 0]
+        reference = stats.kstest(gaps, stats.gamma(row["alpha"], scale=row["beta_s"]).cdf).statistic
+        assert row["ks_stat"] == pytest.approx(reference, abs=1e-5), alphas[i]
+
+
 def test_best_model_by_aic_picks_the_generating_family():
     rng = np.random.default_rng(3)
     samplers = {

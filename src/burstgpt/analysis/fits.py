@@ -101,9 +101,11 @@ def detect_timestamp_resolution(timestamps_s: np.ndarray) -> float | None:
 
 def _all_multiples(values: np.ndarray, resolution: float) -> bool:
     units = values / resolution
-    # Tolerance: a millionth of a unit, widened by float64 rounding of large values.
-    tolerance = 1e-6 + 4.0 * np.finfo(np.float64).eps * np.abs(units)
-    return bool(np.all(np.abs(units - np.round(units)) <= tolerance))
+    # Tolerance: a millionth of a unit, widened by float64 rounding of the largest value.
+    tolerance = 1e-6 + 4.0 * np.finfo(np.float64).eps * float(np.max(np.abs(units)))
+    distance = units - np.rint(units)
+    np.abs(distance, out=distance)
+    return bool(distance.max() <= tolerance)
 
 
 def dequantize_timestamps(
@@ -122,7 +124,8 @@ def dequantize_timestamps(
     if not resolution:
         return t if _is_sorted(t) else np.sort(t)
     rng = np.random.default_rng(seed)
-    return np.sort(t + rng.uniform(0.0, resolution, t.size))
+    # Nearly sorted already (disorder only within a resolution step): the stable sort (timsort) is ~4x faster.
+    return np.sort(t + rng.uniform(0.0, resolution, t.size), kind="stable")
 
 
 def interarrival_gaps(timestamps_s: np.ndarray, resolution_s: float | None = None, seed: int = 0) -> np.ndarray:
@@ -160,7 +163,7 @@ def fit_gamma(samples: np.ndarray) -> GammaFit:
         raise FitError(f"a Gamma fit needs at least 2 positive samples, got {x.size}")
     if np.all(x == x[0]):
         raise FitError("a Gamma fit needs samples that are not all equal")
-    fit = _fit_groups(x, np.zeros(x.size, dtype=np.int64), 1)
+    fit = _fit_groups(x, np.zeros(x.size, dtype=np.int64), 1, compare_models=False)
     alpha, beta, ks = float(fit["alpha"][0]), float(fit["beta_s"][0]), float(fit["ks_stat"][0])
     return GammaFit(
         alpha=alpha, beta_s=beta, cv=float(1.0 / np.sqrt(alpha)), mean_s=float(x.mean()), n=int(x.size),
@@ -248,9 +251,10 @@ def gamma_fit_per_window(
     return frame.with_columns(pl.col(name).fill_nan(None) for name in columns)
 
 
-def _fit_groups(x: np.ndarray, group: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
+def _fit_groups(x: np.ndarray, group: np.ndarray, n_groups: int, compare_models: bool = True) -> dict[str, np.ndarray]:
     """Fit every group of positive samples `x` (group ids 0..n_groups-1, non-decreasing, each group >= 2
-    distinct values) at once. Returns arrays of shape (n_groups,) keyed by WINDOW_FIT_COLUMNS names."""
+    distinct values) at once. Returns arrays of shape (n_groups,) keyed by WINDOW_FIT_COLUMNS names; the AIC
+    entries (exponential, Weibull, lognormal fits) only with `compare_models`."""
     m = np.bincount(group, minlength=n_groups).astype(np.float64)
     mean = np.bincount(group, x, n_groups) / m
     log_x = np.log(x)
@@ -270,27 +274,18 @@ def _fit_groups(x: np.ndarray, group: np.ndarray, n_groups: int) -> dict[str, np
     beta = mean / alpha
     ll_gamma = (alpha - 1.0) * sum_log - m * alpha - m * alpha * np.log(beta) - m * special.gammaln(alpha)
 
-    ll_exponential = -m * np.log(mean) - m
-
-    centred_log = log_x - mean_log[group]
-    var_log = np.bincount(group, centred_log**2, n_groups) / m
-    ll_lognormal = -sum_log - 0.5 * m * np.log(2.0 * np.pi * var_log) - 0.5 * m
-
-    ll_weibull = _weibull_log_likelihood(log_x, group, n_groups, m, mean_log, var_log, sum_log)
-
     ks = _gamma_ks_statistics(log_x, group, m, alpha, beta)
 
-    return {
-        "mean_gap_s": mean,
-        "alpha": alpha,
-        "beta_s": beta,
-        "cv": 1.0 / np.sqrt(alpha),
-        "ks_stat": ks,
-        "aic_gamma": 4.0 - 2.0 * ll_gamma,
-        "aic_exponential": 2.0 - 2.0 * ll_exponential,
-        "aic_weibull": 4.0 - 2.0 * ll_weibull,
-        "aic_lognormal": 4.0 - 2.0 * ll_lognormal,
-    }
+    result = {"mean_gap_s": mean, "alpha": alpha, "beta_s": beta, "cv": 1.0 / np.sqrt(alpha), "ks_stat": ks,
+              "aic_gamma": 4.0 - 2.0 * ll_gamma}
+    if compare_models:
+        result["aic_exponential"] = 2.0 - 2.0 * (-m * np.log(mean) - m)
+        centred_log = log_x - mean_log[group]
+        var_log = np.bincount(group, centred_log**2, n_groups) / m
+        result["aic_lognormal"] = 4.0 - 2.0 * (-sum_log - 0.5 * m * np.log(2.0 * np.pi * var_log) - 0.5 * m)
+        result["aic_weibull"] = 4.0 - 2.0 * _weibull_log_likelihood(log_x, group, n_groups, m, mean_log, var_log,
+                                                                    sum_log)
+    return result
 
 
 #: Grid points per group on which `_gamma_ks_statistics` evaluates the Gamma CDF exactly.

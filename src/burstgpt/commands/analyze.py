@@ -1,5 +1,105 @@
-"""CLI subcommand (placeholder until built)."""
+"""`burstgpt analyze TRACE -o OUTDIR`: the paper's trace characterisation as tables, figures and summary.json."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+from rich.table import Table
+
+from burstgpt.commands.trace import add_trace_input_arguments, load_trace_from_args
+
+if TYPE_CHECKING:
+    from burstgpt.analysis import Characterisation
 
 
-def register(subparsers) -> None:  # noqa: ARG001
-    return None
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="characterise a trace (periodicity, burstiness, Gamma arrivals, Zipf lengths, throughput, failures)",
+        description="Characterise a trace as the BurstGPT paper's section III does, split by model x service. "
+                    "Writes one CSV per table, one PNG per figure and summary.json (written last) into OUTDIR.",
+    )
+    parser.add_argument("trace", help="trace file (BurstGPT/Azure CSV, Mooncake JSONL, or mapped CSV/Parquet)")
+    parser.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR",
+                        help="directory for the tables, figures and summary.json")
+    parser.add_argument("--window", type=float, default=1200.0, metavar="SECONDS",
+                        help="window of the per-window Gamma fits of inter-arrival times, seconds (default 1200)")
+    parser.add_argument("--min-arrivals", type=int, default=10,
+                        help="fewest arrivals a window needs to be fitted (default 10)")
+    parser.add_argument("--model", default=None, help="analyse only this model (e.g. ChatGPT)")
+    parser.add_argument("--service", choices=("conversation", "api"), default=None,
+                        help="analyse only this service")
+    parser.add_argument("--start", type=float, default=None, metavar="SECONDS",
+                        help="analyse only requests at or after this trace time, seconds")
+    parser.add_argument("--end", type=float, default=None, metavar="SECONDS",
+                        help="analyse only requests before this trace time, seconds")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for spreading whole-second timestamps within their second (default 0)")
+    parser.add_argument("--no-figures", action="store_true", help="write tables and summary.json only")
+    add_trace_input_arguments(parser)
+    parser.set_defaults(func=_analyze)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from burstgpt.analysis import Characterisation, characterise
+    from burstgpt.report.trace_figures import write_analysis
+    console = Console()
+    started = time.perf_counter()
+    err = Console(stderr=True)
+    with Progress(SpinnerColumn(), "[progress.description]{task.description}", TimeElapsedColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("loading trace", total=None)
+
+        def step(name: str) -> None:
+            progress.update(task, description=name)
+
+        trace = load_trace_from_args(args.trace, args)
+        result = characterise(
+            trace, window_s=args.window, min_arrivals=args.min_arrivals, model=args.model, service=args.service,
+            start_s=args.start, end_s=args.end, seed=args.seed, progress=step,
+        )
+        summary_path = write_analysis(result, Path(args.outdir), figures=not args.no_figures, progress=step)
+    console.print(summary_table(result))
+    console.print(f"wrote {summary_path.parent}/ (summary.json, {len(result.tables())} tables"
+                  + ("" if args.no_figures else ", figures") + f") in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def summary_table(result: Characterisation) -> Table:
+    """A short rich table: per model x service the headline statistics."""
+    totals = result.totals
+    table = Table(title=f"{Path(result.source).name}: {totals['rows']:,} requests, {totals['failures']:,} failed, "
+                        f"span {totals['span_s'] / 3600:.1f} h",
+                  caption="fail% = failed requests; req/resp = mean tokens; period = daily periodicity score; "
+                          "2x/day = 5-min windows doubling the previous, per day; alpha = median per-window Gamma "
+                          "shape; theta = Zipf exponent of request lengths",
+                  box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold underline")
+    widths = {"model": 7, "service": 12, "requests": 10, "fail%": 5, "req": 6, "resp": 6, "period": 6, "2x/day": 6,
+              "alpha": 5, "theta": 5}  # fits 80 columns (rich's width when output is not a terminal)
+    for column, width in widths.items():
+        table.add_column(column, justify="left" if column in ("model", "service") else "right", no_wrap=True,
+                         min_width=width)
+    records = {(g["model"], g["service"]): g for g in result.summary()["groups"]}
+    for (model, service), group in records.items():
+        overview = group.get("overview", {})
+        requests = overview.get("requests", 0)
+        periodicity = group.get("periodicity", {}).get("periodicity_score_24h")
+        bursts = group.get("burstiness", {}).get("window_5_min", {}).get("mean_bursts_2x_per_day")
+        alpha = group.get("arrival_summary", {}).get("window_alpha_median")
+        theta = group.get("request_zipf", {}).get("zipf_theta")
+        table.add_row(
+            str(model), str(service), f"{requests:,}",
+            f"{100 * overview.get('failures', 0) / requests:.2f}" if requests else "-",
+            _number(overview.get("mean_request_tokens")), _number(overview.get("mean_response_tokens")),
+            _number(periodicity, "{:.2f}"), _number(bursts), _number(alpha, "{:.3f}"), _number(theta, "{:.3f}"),
+        )
+    return table
+
+
+def _number(value, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None or value != value else fmt.format(value)

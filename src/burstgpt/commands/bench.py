@@ -14,13 +14,10 @@ from rich.console import Console
 
 from burstgpt import __version__
 from burstgpt.client.openai import EndpointOptions
-from burstgpt.client.runner import LoadGenerator, RunOptions
 from burstgpt.commands.workload import add_generation_arguments, workload_from_args
 from burstgpt.errors import BurstGPTError
 from burstgpt.metrics.requests import parse_slo
 from burstgpt.outputs import write_json_atomic
-from burstgpt.report.rundir import CONFIG_FILE, RECORDS_JSONL, write_run_directory
-from burstgpt.report.tables import summary_table
 from burstgpt.workload.io import write_workload
 
 WORKLOAD_FILE = "workload.parquet"
@@ -123,6 +120,9 @@ def _metrics_url(url: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from burstgpt.client.runner import LoadGenerator, RunOptions
+    from burstgpt.report.rundir import CONFIG_FILE, RECORDS_JSONL, write_run_directory
+    from burstgpt.report.tables import summary_table
     try:
         extra_body = json.loads(args.extra_body)
     except json.JSONDecodeError as exc:

@@ -9,8 +9,6 @@ from rich.console import Console
 
 from burstgpt.errors import BurstGPTError
 from burstgpt.metrics.requests import parse_slo
-from burstgpt.report.compare import COMPARISON_FIGURE, compare_runs, rerender_run
-from burstgpt.report.tables import comparison_table, summary_table
 
 
 def register(subparsers) -> None:
@@ -33,6 +31,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from burstgpt.report.compare import COMPARISON_FIGURE, compare_runs, rerender_run
+    from burstgpt.report.tables import comparison_table, summary_table
     if args.window is not None and not args.window > 0:
         raise BurstGPTError("--window must be > 0")
     slo = parse_slo(args.slo) if args.slo else None

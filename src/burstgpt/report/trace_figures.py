@@ -1,0 +1,473 @@
+"""Figures of a trace characterisation in the style of the paper's Figs 1-14, one PNG per figure, drawn from
+the tables of `burstgpt.analysis.Characterisation`; and `write_analysis`, which writes a whole analysis
+directory (tables, figures, then summary.json).
+
+Figure files (conversation / api keep the paper's numbering; other services use the conversation number):
+fig01/02_daily_requests_<service>, fig03/04_hourly_requests_<service>, fig05_burstiness, fig06_gamma_arrivals,
+fig07_length_distributions, fig08_request_vs_response, fig09_request_response_counts,
+fig10/11_request_throughput_<service>, fig12/13_response_throughput_<service>, fig14_failure_rates, and
+sessions (traces with session ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from scipy import stats
+
+from burstgpt.analysis.characterise import Characterisation, write_characterisation
+from burstgpt.outputs import atomic_path
+
+PAPER_NUMBERS = {  # figure kind -> (conversation number, api number)
+    "daily_requests": (1, 2),
+    "hourly_requests": (3, 4),
+    "request_throughput": (10, 11),
+    "response_throughput": (12, 13),
+}
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+#: At most this many model x service groups get their own panel (the largest by requests).
+MAX_GROUP_PANELS = 4
+
+
+def write_analysis(
+    characterisation: Characterisation,
+    outdir: str | Path,
+    *,
+    figures: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write the analysis directory: one CSV per table, one PNG per figure (unless `figures` is False), and
+    summary.json last. Returns summary.json's path."""
+    return write_characterisation(
+        characterisation, outdir,
+        before_summary=(lambda d: write_trace_figures(characterisation, d, progress=progress)) if figures else None,
+        progress=progress,
+    )
+
+
+def write_trace_figures(
+    characterisation: Characterisation, outdir: str | Path, *, progress: Callable[[str], None] | None = None
+) -> list[Path]:
+    """Write every figure the characterisation has data for into `outdir`; returns their paths."""
+    outdir = Path(outdir)
+    c = characterisation
+    written: list[Path] = []
+    step = progress or (lambda name: None)
+    for service in _services(c.overview):
+        step(f"figures: {service}")
+        written += _service_figures(c, service, outdir)
+    plotters = (
+        ("fig05_burstiness", _plot_burstiness),
+        ("fig06_gamma_arrivals", _plot_gamma_arrivals),
+        ("fig07_length_distributions", _plot_length_distributions),
+        ("fig08_request_vs_response", _plot_request_vs_response),
+        ("fig09_request_response_counts", _plot_request_response_counts),
+        ("fig14_failure_rates", _plot_failure_rates),
+        ("sessions", _plot_sessions),
+    )
+    for name, plotter in plotters:
+        step(f"figures: {name}")
+        figure = plotter(c)
+        if figure is not None:
+            written.append(_save(figure, outdir / f"{name}.png"))
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _new_figure(width: float, height: float, *, left: float = 0.08, right: float = 0.98, bottom_in: float = 0.6,
+                top_in: float = 0.65, hspace: float = 0.45, wspace: float = 0.22) -> Figure:
+    """A figure with fixed margins (bottom and top in inches). A layout engine (constrained/tight) would adjust
+    them itself but doubles the drawing time, which dominates `analyze` on large traces."""
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    figure.subplots_adjust(left=left, right=right, bottom=bottom_in / height, top=1 - top_in / height,
+                           hspace=hspace, wspace=wspace)
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def _services(overview: pl.DataFrame) -> list[str | None]:
+    return overview["service"].unique().sort(nulls_last=True).to_list()
+
+
+def _label(model, service) -> str:
+    return f"{model or 'unknown'} / {service or 'unknown'}"
+
+
+def _top_groups(c: Characterisation) -> list[tuple]:
+    """The largest model x service groups by requests, at most MAX_GROUP_PANELS."""
+    top = c.overview.sort("requests", descending=True).head(MAX_GROUP_PANELS)
+    return list(zip(top["model"].to_list(), top["service"].to_list(), strict=True))
+
+
+def _of(table: pl.DataFrame, model, service) -> pl.DataFrame:
+    """Rows of one model x service group (null-safe)."""
+    if table.height == 0:
+        return table
+    return table.filter(pl.col("model").eq_missing(model) & pl.col("service").eq_missing(service))
+
+
+def _number(kind: str, service) -> str:
+    conversation, api = PAPER_NUMBERS[kind]
+    return f"fig{api if service == 'api' else conversation:02d}"
+
+
+def _day_labels(c: Characterisation) -> str:
+    return "date" if c.origin is not None else "day of trace"
+
+
+def _grid_axes(figure: Figure, panels: int, columns: int = 2, **kwargs):
+    columns = min(columns, panels)
+    rows = -(-panels // columns)
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False, **kwargs)).ravel()
+    for extra in axes[panels:]:
+        extra.set_visible(False)
+    return axes[:panels]
+
+
+# ------------------------------------------------------------------------------------------------ Figs 1-4, 10-13
+
+
+def _service_figures(c: Characterisation, service, outdir: Path) -> list[Path]:
+    tag = service or "unknown"
+    written = []
+    daily = c.daily_requests.filter(pl.col("service").eq_missing(service))
+    if daily.height:
+        figure = _new_figure(10, 4)
+        ax = figure.subplots()
+        for index, (model, part) in enumerate(daily.group_by("model", maintain_order=True)):
+            x = part["date"].to_list() if c.origin is not None else part["day"].to_numpy()
+            ax.plot(x, part["requests"].to_numpy(), marker="o", ms=3, color=f"C{index}", label=model[0] or "unknown")
+        weekend = daily.filter(pl.col("day_of_week") >= 5)["day"].unique().to_numpy()
+        if c.origin is not None and weekend.size:
+            ax.set_title(f"Requests per day, {tag} (paper Figs 1-2; weekends shaded)")
+            for day in weekend:
+                date = c.daily_requests.filter(pl.col("day") == day)["date"][0]
+                ax.axvspan(date, date + timedelta(days=1), color="0.9", zorder=0)
+        else:
+            ax.set_title(f"Requests per day, {tag} (paper Figs 1-2)")
+        ax.set_xlabel(_day_labels(c))
+        ax.set_ylabel("requests per day")
+        ax.legend()
+        written.append(_save(figure, outdir / f"{_number('daily_requests', service)}_daily_requests_{tag}.png"))
+
+    profile = c.hour_of_day_profile.filter(pl.col("service").eq_missing(service))
+    if profile.height:
+        figure = _new_figure(10, 4)
+        ax = figure.subplots()
+        for index, (model, part) in enumerate(profile.group_by("model", maintain_order=True)):
+            hours = part["hour_of_day"].to_numpy()
+            mean = part["mean_requests"].to_numpy()
+            std = part["std_requests"].fill_null(0).to_numpy()
+            ax.plot(hours, mean, marker="o", ms=3, color=f"C{index}", label=f"{model[0] or 'unknown'} mean")
+            ax.fill_between(hours, np.maximum(mean - std, 0), mean + std, color=f"C{index}", alpha=0.2,
+                            label=f"{model[0] or 'unknown'} ±1 sd across days")
+        ax.set_title(f"Requests per hour of day, {tag} (paper Figs 3-4)")
+        ax.set_xlabel("hour of day" + ("" if c.origin is not None else " (trace clock)"))
+        ax.set_ylabel("requests per hour")
+        ax.set_xticks(range(0, 24, 2))
+        ax.legend(fontsize="small")
+        written.append(_save(figure, outdir / f"{_number('hourly_requests', service)}_hourly_requests_{tag}.png"))
+
+    for kind in ("request", "response"):
+        box = c.throughput_box.filter(pl.col("service").eq_missing(service) & (pl.col("kind") == kind))
+        if box.height == 0:
+            continue
+        models = box["model"].unique(maintain_order=True).to_list()
+        figure = _new_figure(10, 3.2 * len(models), left=0.09, hspace=0.3)
+        axes = _grid_axes(figure, len(models), columns=1, sharex=True)
+        for ax, model in zip(axes, models, strict=True):
+            part = box.filter(pl.col("model").eq_missing(model)).sort("hour_of_day")
+            boxes = [
+                {"med": r["median_tokens_per_hour"], "q1": r["q1_tokens_per_hour"], "q3": r["q3_tokens_per_hour"],
+                 "whislo": r["whisker_low_tokens_per_hour"], "whishi": r["whisker_high_tokens_per_hour"],
+                 "mean": r["mean_tokens_per_hour"], "fliers": [], "label": str(r["hour_of_day"])}
+                for r in part.iter_rows(named=True)
+            ]
+            ax.bxp(boxes, showmeans=True, showfliers=False, meanprops={"marker": "^", "markersize": 4})
+            ax.set_ylabel(f"{kind} tokens / hour")
+            ax.set_title(f"{model or 'unknown'}", fontsize="medium")
+        axes[-1].set_xlabel("hour of day (boxes across days; triangle = mean; whiskers 1.5 IQR)")
+        figure.suptitle(f"{kind.capitalize()} token throughput per hour, {tag} (paper Figs 10-13)")
+        name = f"{_number(f'{kind}_throughput', service)}_{kind}_throughput_{tag}.png"
+        written.append(_save(figure, outdir / name))
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ Fig 5
+
+
+def _plot_burstiness(c: Characterisation) -> Figure | None:
+    bursts = c.burstiness
+    if bursts.height == 0:
+        return None
+    minutes = bursts["window_min"].unique().sort().to_list()
+    figure = _new_figure(10, 3.2 * len(minutes), left=0.1, hspace=0.2)
+    axes = _grid_axes(figure, len(minutes), columns=1, sharex=True)
+    groups = _top_groups(c)
+    for ax, window in zip(axes, minutes, strict=True):
+        for index, (model, service) in enumerate(groups):
+            part = _of(bursts, model, service).filter(pl.col("window_min") == window).sort("day")
+            if part.height == 0:
+                continue
+            x = part["date"].to_list() if c.origin is not None else part["day"].to_numpy()
+            ax.plot(x, part["bursts_2x"].to_numpy(), marker="o", ms=3, color=f"C{index}",
+                    label=_label(model, service))
+        ax.set_ylabel(f"windows >= 2x previous\n({window}-min windows) per day")
+        ax.legend(fontsize="small")
+    axes[-1].set_xlabel(_day_labels(c))
+    figure.suptitle("Short-term burstiness: request count at least doubling window to window (paper Fig 5)")
+    return figure
+
+
+# ------------------------------------------------------------------------------------------------ Fig 6
+
+
+def _plot_gamma_arrivals(c: Characterisation) -> Figure | None:
+    windows = c.arrival_windows
+    if windows.height == 0 or windows["alpha"].drop_nulls().len() == 0:
+        return None
+    figure = _new_figure(12, 8, left=0.07, hspace=0.35)
+    (ax_alpha, ax_beta), (ax_hour, ax_pdf) = figure.subplots(2, 2)
+    groups = _top_groups(c)
+    hours = 3600.0
+    for index, (model, service) in enumerate(groups):
+        part = _of(windows, model, service).filter(pl.col("alpha").is_not_null())
+        if part.height == 0:
+            continue
+        x = part["window_start_s"].to_numpy() / hours
+        label = _label(model, service)
+        ax_alpha.plot(x, part["alpha"].to_numpy(), ".", ms=3, color=f"C{index}", label=label)
+        ax_beta.plot(x, part["beta_s"].to_numpy(), ".", ms=3, color=f"C{index}", label=label)
+        by_hour = part.group_by("hour_of_day").agg(pl.col("alpha").median()).sort("hour_of_day")
+        ax_hour.plot(by_hour["hour_of_day"].to_numpy(), by_hour["alpha"].to_numpy(), marker="o", ms=3,
+                     color=f"C{index}", label=label)
+    for ax, name in ((ax_alpha, "shape alpha"), (ax_beta, "scale beta (s)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("window start (hours since trace clock 0)")
+        ax.set_ylabel(name)
+    ax_alpha.set_title(f"Gamma shape per {c.window_s:g}-s window (CV = 1/sqrt(alpha))")
+    ax_beta.set_title(f"Gamma scale per {c.window_s:g}-s window")
+    ax_alpha.legend(fontsize="small")
+    ax_hour.set_title("Median alpha by hour of day")
+    ax_hour.set_xlabel("hour of day")
+    ax_hour.set_ylabel("alpha")
+    ax_hour.set_xticks(range(0, 24, 2))
+    model, service = groups[0]
+    histogram = _of(c.gap_histograms, model, service)
+    fit = _of(c.arrival_summary, model, service)
+    if histogram.height and fit.height and fit["gamma_alpha"][0] is not None:
+        mid = np.sqrt(histogram["bin_start_s"].to_numpy() * histogram["bin_end_s"].to_numpy())
+        density = histogram["density_per_s"].to_numpy()
+        ax_pdf.plot(mid[density > 0], density[density > 0], "o", ms=3, color="C0",
+                    label=f"inter-arrival gaps ({_label(model, service)}), empty bins omitted")
+        alpha, beta = fit["gamma_alpha"][0], fit["gamma_beta_s"][0]
+        grid = np.geomspace(mid.min(), mid.max(), 300)
+        ax_pdf.plot(grid, stats.gamma.pdf(grid, alpha, scale=beta), color="C3",
+                    label=f"Gamma fit: alpha={alpha:.3g}, beta={beta:.3g} s")
+        ax_pdf.set_xscale("log")
+        ax_pdf.set_yscale("log")
+        shown = density[density > 0]
+        ax_pdf.set_ylim(shown.min() / 10, shown.max() * 10)
+        ax_pdf.set_xlabel("inter-arrival time (s)")
+        ax_pdf.set_ylabel("density (1/s)")
+        ax_pdf.legend(fontsize="small")
+        ax_pdf.set_title("Gap distribution and fitted Gamma density (whole trace)")
+    figure.suptitle("Arrivals: Gamma fits of inter-arrival times (paper Fig 6)")
+    return figure
+
+
+# ------------------------------------------------------------------------------------------------ Figs 7-9
+
+
+def _plot_length_distributions(c: Characterisation) -> Figure | None:
+    histograms = c.length_histograms
+    if histograms.height == 0:
+        return None
+    groups = _top_groups(c)
+    figure = _new_figure(12, 3.0 * len(groups), left=0.07, hspace=0.6, wspace=0.2)
+    axes = figure.subplots(len(groups), 2, squeeze=False)
+    for row, (model, service) in enumerate(groups):
+        for column, kind in enumerate(("request", "response")):
+            ax = axes[row, column]
+            part = _of(histograms, model, service).filter(pl.col("kind") == kind)
+            if part.height == 0:
+                ax.set_visible(False)
+                continue
+            starts, ends = part["bin_start_tokens"].to_numpy(), part["bin_end_tokens"].to_numpy()
+            counts = part["count"].to_numpy()
+            # The last bin also holds every longer length; draw it as wide as the others so the axis stays
+            # readable, and say so.
+            width = starts[1] - starts[0] if starts.size > 1 else ends[0] - starts[0]
+            ax.bar(starts, counts, width=width, align="edge", color=f"C{column}", alpha=0.7,
+                   label=f"{kind} tokens (last bin: >= {starts[-1]:.0f})")
+            ax.set_xlim(0, starts[-1] + width)
+            if kind == "request":
+                _overlay_zipf(ax, _of(c.request_zipf, model, service), starts, ends, counts.sum())
+            else:
+                bimodality = _of(c.response_bimodality, model, service)
+                if bimodality.height and bimodality["bimodality_coefficient"][0] is not None:
+                    r = bimodality.row(0, named=True)
+                    ax.text(0.98, 0.95, f"bimodality coeff. {r['bimodality_coefficient']:.2f}\n"
+                            f"2-mode BIC gain {r['mixture_delta_bic'] or 0:.0f}, bimodal: {r['bimodal']}",
+                            transform=ax.transAxes, ha="right", va="top", fontsize="small")
+            ax.set_title(_label(model, service), fontsize="medium")
+            ax.set_xlabel(f"{kind} length (tokens)")
+            ax.set_ylabel("requests")
+            ax.legend(fontsize="small", loc="center right")
+    figure.suptitle("Request and response lengths (paper Fig 7)")
+    return figure
+
+
+def _overlay_zipf(ax, fit: pl.DataFrame, starts: np.ndarray, ends: np.ndarray, total: int) -> None:
+    """Expected requests per histogram bin under the fitted bounded Zipf law."""
+    if fit.height == 0:
+        return
+    r = fit.row(0, named=True)
+    k = np.arange(r["min_tokens"], r["max_tokens"] + 1, dtype=np.float64)
+    log_w = -r["zipf_theta"] * np.log(k)
+    pmf = np.exp(log_w - log_w.max())
+    pmf /= pmf.sum()
+    cumulative = np.concatenate([[0.0], np.cumsum(pmf)])
+    low = np.clip(np.ceil(starts) - r["min_tokens"], 0, k.size).astype(int)
+    high = np.clip(np.ceil(ends) - r["min_tokens"], 0, k.size).astype(int)
+    expected = (cumulative[high] - cumulative[low]) * r["n"]
+    edges = np.append(starts, starts[-1] + (starts[1] - starts[0] if starts.size > 1 else 1.0))
+    ax.stairs(expected, edges, color="C3",
+            label=f"Zipf fit theta={r['zipf_theta']:.3f} (KS {r['ks_stat']:.3f})")
+
+
+def _plot_request_vs_response(c: Characterisation) -> Figure | None:
+    bins = c.request_response_bins
+    if bins.height == 0:
+        return None
+    groups = _top_groups(c)
+    figure = _new_figure(11, 3.6 * -(-len(groups) // 2), hspace=0.4, wspace=0.25)
+    axes = _grid_axes(figure, len(groups))
+    for ax, (model, service) in zip(axes, groups, strict=True):
+        part = _of(bins, model, service)
+        if part.height == 0:
+            ax.set_visible(False)
+            continue
+        width = float(np.diff(part["request_bin_start_tokens"].to_numpy()).min()) if part.height > 1 else 1.0
+        x = part["request_bin_start_tokens"].to_numpy() + width / 2
+        mean = part["response_mean_tokens"].to_numpy()
+        std = part["response_std_tokens"].fill_null(0).to_numpy()
+        ax.errorbar(x, mean, yerr=std, fmt="o", ms=3, capsize=2, label="mean ± sd")
+        ax.fill_between(x, part["response_p25_tokens"].to_numpy(), part["response_p75_tokens"].to_numpy(),
+                        alpha=0.2, label="25th-75th percentile")
+        ax.plot(x, part["response_median_tokens"].to_numpy(), "--", label="median")
+        line = _of(c.request_response_correlation, model, service)
+        if line.height:
+            r = line.row(0, named=True)
+            ax.plot(x, r["intercept_tokens"] + r["slope"] * x, color="C3",
+                    label=f"fit {r['intercept_tokens']:.0f} + {r['slope']:.3f} x (r={r['pearson_r']:.2f}, "
+                          f"rho={r['spearman_rho']:.2f})")
+        ax.set_title(_label(model, service), fontsize="medium")
+        ax.set_xlabel("request length bin (tokens)")
+        ax.set_ylabel("response length (tokens)")
+        ax.legend(fontsize="x-small")
+    figure.suptitle("Response length against request length (paper Fig 8)")
+    return figure
+
+
+def _plot_request_response_counts(c: Characterisation) -> Figure | None:
+    counts = c.request_response_counts
+    if counts.height == 0:
+        return None
+    groups = _top_groups(c)
+    figure = _new_figure(11, 3.8 * -(-len(groups) // 2), hspace=0.4, wspace=0.3)
+    axes = _grid_axes(figure, len(groups))
+    for ax, (model, service) in zip(axes, groups, strict=True):
+        part = _of(counts, model, service)
+        if part.height == 0:
+            ax.set_visible(False)
+            continue
+        requests = np.sort(counts["request_bin_start_tokens"].unique().to_numpy())
+        responses = np.sort(counts["response_bin_start_tokens"].unique().to_numpy())
+        grid = np.zeros((responses.size, requests.size))
+        grid[np.searchsorted(responses, part["response_bin_start_tokens"].to_numpy()),
+             np.searchsorted(requests, part["request_bin_start_tokens"].to_numpy())] = part["count"].to_numpy()
+        step_x = requests[1] - requests[0] if requests.size > 1 else 1.0
+        step_y = responses[1] - responses[0] if responses.size > 1 else 1.0
+        image = ax.pcolormesh(np.append(requests, requests[-1] + step_x), np.append(responses, responses[-1] + step_y),
+                              np.ma.masked_equal(grid, 0), norm=LogNorm(), cmap="viridis")
+        figure.colorbar(image, ax=ax, label="requests")
+        ax.set_title(_label(model, service), fontsize="medium")
+        ax.set_xlabel("request length bin (tokens; last bin open)")
+        ax.set_ylabel("response length bin (tokens)")
+    figure.suptitle("Counts of request and response lengths in bins (paper Fig 9)")
+    return figure
+
+
+# ------------------------------------------------------------------------------------------------ Fig 14
+
+
+def _plot_failure_rates(c: Characterisation) -> Figure | None:
+    rates = c.failure_rates
+    if rates.height == 0:
+        return None
+    figure = _new_figure(12, 4.2, bottom_in=1.0, wspace=0.18)
+    ax_bar, ax_hour = figure.subplots(1, 2, width_ratios=[1, 2])
+    labels = [_label(m, s) for m, s in zip(rates["model"].to_list(), rates["service"].to_list(), strict=True)]
+    values = 100 * rates["failure_rate"].to_numpy()
+    bars = ax_bar.bar(range(len(labels)), values, color=[f"C{i}" for i in range(len(labels))])
+    ax_bar.bar_label(bars, labels=[f"{v:.2f}%" for v in values], fontsize="small")
+    ax_bar.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize="small")
+    ax_bar.set_ylabel("failure rate (%)")
+    ax_bar.set_title("Overall")
+    for index, (model, service) in enumerate(zip(rates["model"].to_list(), rates["service"].to_list(), strict=True)):
+        part = _of(c.failure_rates_by_hour, model, service)
+        ax_hour.plot(part["hour_of_day"].to_numpy(), 100 * part["failure_rate"].to_numpy(), marker="o", ms=3,
+                     color=f"C{index}", label=_label(model, service))
+    ax_hour.set_xlabel("hour of day")
+    ax_hour.set_ylabel("failure rate (%)")
+    ax_hour.set_xticks(range(0, 24, 2))
+    ax_hour.set_title("By hour of day (pooled across days)")
+    ax_hour.legend(fontsize="small")
+    figure.suptitle("Failure rates: response tokens = 0 (paper Fig 14)")
+    return figure
+
+
+# ------------------------------------------------------------------------------------------------ sessions
+
+
+def _plot_sessions(c: Characterisation) -> Figure | None:
+    if c.turns_histogram.height == 0:
+        return None
+    figure = _new_figure(12, 4, wspace=0.2)
+    ax_turns, ax_elapsed = figure.subplots(1, 2)
+    groups = c.turns_histogram.select("model", "service").unique(maintain_order=True).rows()
+    for index, (model, service) in enumerate(groups):
+        part = _of(c.turns_histogram, model, service)
+        ax_turns.plot(part["turns"].to_numpy(), part["sessions"].to_numpy(), marker="o", ms=3, color=f"C{index}",
+                      label=_label(model, service))
+        elapsed = _of(c.elapsed_vs_response, model, service)
+        if elapsed.height:
+            ax_elapsed.plot(elapsed["response_bin_start_tokens"].to_numpy(), elapsed["elapsed_median_s"].to_numpy(),
+                            marker="o", ms=3, color=f"C{index}", label=f"{_label(model, service)} median")
+    ax_turns.set_xscale("log")
+    ax_turns.set_yscale("log")
+    ax_turns.set_xlabel("turns per session")
+    ax_turns.set_ylabel("sessions")
+    ax_turns.legend(fontsize="small")
+    ax_elapsed.set_xlabel("response length bin (tokens)")
+    ax_elapsed.set_ylabel("elapsed time (s)")
+    if ax_elapsed.has_data():
+        ax_elapsed.legend(fontsize="small")
+    figure.suptitle("Conversation sessions")
+    return figure
