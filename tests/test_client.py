@@ -381,6 +381,6 @@ def test_bench_cli_generates_workload_and_keeps_key_secret(server, tmp_path, mon
 
 def test_scraper_columns_are_the_server_metrics_layout():
     from burstgpt.client.scrape import SERVER_METRIC_SOURCES
-    from burstgpt.metrics.server import SERVER_METRICS_SCHEMA
+    from burstgpt.records import SERVER_METRICS_SCHEMA
 
     assert ["time_s", *SERVER_METRIC_SOURCES] == list(SERVER_METRICS_SCHEMA)

@@ -1,4 +1,4 @@
-"""Per-request records: the one schema written by both the load generator (`client`) and the simulator (`sim`),
+"""Per-request records and server metrics: the schemas written by both the load generator (`client`) and the simulator (`sim`),
 and read by `metrics` and `report`.
 
 All times are seconds since the run's start (the instant request schedule time 0 refers to).
@@ -22,6 +22,23 @@ All times are seconds since the run's start (the instant request schedule time 0
 | bytes_received      | Int64        | response bytes received (0 for the simulator)                            |
 | preemptions         | Int64        | simulator only: times the request was preempted; null for the client     |
 | chunk_times_s       | List(Float64)| optional: arrival time of every streamed chunk; null when not recorded   |
+
+Server metrics: the serving engine's own state over time, on the records' clock. Written by the load
+generator (scraped from Prometheus `/metrics`) and by the simulator (from its engine steps); read by the
+metrics windows and the run figures.
+
+| column                   | dtype   | meaning                                                                 |
+|--------------------------|---------|-------------------------------------------------------------------------|
+| time_s                   | Float64 | seconds since the run's start (same clock as the request records)       |
+| kv_cache_usage_perc      | Float64 | KV-cache usage as a fraction, 0-1 (despite the vLLM name)               |
+| num_requests_running     | Float64 | requests in the running batch                                           |
+| num_requests_waiting     | Float64 | requests queued, not yet scheduled                                      |
+| num_preemptions_total    | Float64 | cumulative preemptions since the server started (a counter)             |
+| prompt_tokens_total      | Float64 | cumulative prompt tokens processed (a counter)                          |
+| generation_tokens_total  | Float64 | cumulative generated tokens (a counter)                                 |
+
+Every column but `time_s` is nullable (null where the server does not expose it). Counters are cumulative as
+the server reports them; take differences for rates. Extra engine-specific columns may follow.
 """
 
 from __future__ import annotations
@@ -69,6 +86,34 @@ REQUEST_RECORD_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+SERVER_METRICS_SCHEMA: dict[str, pl.DataType] = {
+    "time_s": pl.Float64(),
+    "kv_cache_usage_perc": pl.Float64(),
+    "num_requests_running": pl.Float64(),
+    "num_requests_waiting": pl.Float64(),
+    "num_preemptions_total": pl.Float64(),
+    "prompt_tokens_total": pl.Float64(),
+    "generation_tokens_total": pl.Float64(),
+}
+
+#: Gauge columns (averaged over a window) and counter columns (differenced over a window).
+SERVER_GAUGES = ("kv_cache_usage_perc", "num_requests_running", "num_requests_waiting")
+SERVER_COUNTERS = ("num_preemptions_total", "prompt_tokens_total", "generation_tokens_total")
+
+
+def conform_to_schema(frame: pl.DataFrame, schema: dict[str, pl.DataType], *, keep_extra: bool = False) -> pl.DataFrame:
+    """Add the schema's missing columns as nulls, cast to the schema and put its columns first, in order.
+
+    Other columns are dropped, or kept after the schema's when `keep_extra`.
+    """
+    exprs = [
+        pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in schema.items()
+    ]
+    extra = [name for name in frame.columns if name not in schema] if keep_extra else []
+    return frame.select(exprs + extra)
+
+
 def empty_request_records() -> pl.DataFrame:
     """A zero-row frame with the request-record schema."""
     return pl.DataFrame(schema=REQUEST_RECORD_SCHEMA)
@@ -76,10 +121,14 @@ def empty_request_records() -> pl.DataFrame:
 
 def conform_request_records(frame: pl.DataFrame) -> pl.DataFrame:
     """Add any missing record columns as nulls, cast to the schema and order the columns."""
-    exprs = []
-    for name, dtype in REQUEST_RECORD_SCHEMA.items():
-        if name in frame.columns:
-            exprs.append(pl.col(name).cast(dtype))
-        else:
-            exprs.append(pl.lit(None, dtype=dtype).alias(name))
-    return frame.select(exprs)
+    return conform_to_schema(frame, REQUEST_RECORD_SCHEMA)
+
+
+def conform_server_metrics(frame: pl.DataFrame) -> pl.DataFrame:
+    """Server metrics in the standard layout (extra columns kept after it), sorted by time_s."""
+    return conform_to_schema(frame, SERVER_METRICS_SCHEMA, keep_extra=True).sort("time_s")
+
+
+def empty_server_metrics() -> pl.DataFrame:
+    """A zero-row server-metrics frame."""
+    return pl.DataFrame(schema=SERVER_METRICS_SCHEMA)

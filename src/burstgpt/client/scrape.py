@@ -1,5 +1,5 @@
 """Scrape a serving engine's Prometheus `/metrics` while a run lasts, into the server-metrics layout of
-`burstgpt.metrics.server` on the records' clock.
+`burstgpt.records` (server metrics) on the records' clock.
 
 Metric names per column, in order of preference. vLLM names are those the issue lists (plus the older
 `vllm:gpu_cache_usage_perc`); SGLang names were checked in sgl-project/sglang
@@ -18,6 +18,8 @@ from collections.abc import Callable
 import aiohttp
 import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
+
+from burstgpt.records import SERVER_METRICS_SCHEMA
 
 #: column -> (Prometheus sample names tried in order, how label sets combine: "mean" or "sum").
 SERVER_METRIC_SOURCES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -120,7 +122,5 @@ class ServerMetricsScraper:
         self.rows.append(row)
 
     def frame(self) -> pl.DataFrame:
-        """The scraped rows in the `burstgpt.metrics.server` layout (zero rows when nothing was scraped)."""
-        # The layout is spelled out here rather than imported: metrics is downstream of the client.
-        schema = {"time_s": pl.Float64(), **{column: pl.Float64() for column in SERVER_METRIC_SOURCES}}
-        return pl.DataFrame(self.rows, schema=schema)
+        """The scraped rows in the `burstgpt.records` server-metrics layout (zero rows when nothing was scraped)."""
+        return pl.DataFrame(self.rows, schema=SERVER_METRICS_SCHEMA)

@@ -16,7 +16,7 @@ from burstgpt.metrics.requests import (
     summarize,
     throughput,
 )
-from burstgpt.metrics.server import SERVER_METRICS_SCHEMA, conform_server_metrics, empty_server_metrics
+from burstgpt.records import SERVER_METRICS_SCHEMA, conform_server_metrics, empty_server_metrics
 from burstgpt.metrics.windows import window_series
 
 __all__ = [

@@ -14,7 +14,7 @@ import polars as pl
 
 from burstgpt.errors import BurstGPTError
 from burstgpt.metrics.requests import QUANTILES, derive_request_metrics, meets_slo_expr
-from burstgpt.metrics.server import SERVER_COUNTERS, SERVER_GAUGES, conform_server_metrics
+from burstgpt.records import SERVER_COUNTERS, SERVER_GAUGES, conform_server_metrics
 from burstgpt.records import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK
 
 _US = 1_000_000  # windows are computed on integer microseconds so group_by_dynamic can use an integer index

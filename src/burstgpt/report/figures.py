@@ -19,7 +19,7 @@ class RunSeries:
 
     label: str
     timeseries: pl.DataFrame  # from burstgpt.metrics.window_series
-    server_metrics: pl.DataFrame | None  # burstgpt.metrics.server layout, or None
+    server_metrics: pl.DataFrame | None  # burstgpt.records server-metrics layout, or None
 
 
 def _time_axis(seconds_max: float) -> tuple[float, str]:

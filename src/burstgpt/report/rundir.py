@@ -8,7 +8,7 @@ Files (written atomically; `summary.json` last, so a directory with a summary is
 | requests.jsonl        | client only, while running: one record per request, appended as each ends      |
 | requests.parquet      | the request records (`burstgpt.records` schema), one row per workload request    |
 | timeseries.csv        | `burstgpt.metrics.window_series` of the records (and server metrics)            |
-| server_metrics.csv    | server state over time (`burstgpt.metrics.server` layout), when known            |
+| server_metrics.csv    | server state over time (`burstgpt.records` server-metrics layout), when known            |
 | <name>.parquet        | extra tables a producer adds (the simulator: `steps`)                            |
 | summary.json          | `burstgpt.metrics.average_metrics` plus run facts and server-metric summaries    |
 | timeline.png          | Fig 16-style figure: latency, throughput, failure rate, KV usage over time        |
@@ -25,7 +25,7 @@ import polars as pl
 from burstgpt.client.records_io import read_records_jsonl
 from burstgpt.errors import BurstGPTError, InputError
 from burstgpt.metrics.requests import average_metrics, summarize
-from burstgpt.metrics.server import SERVER_METRICS_SCHEMA, conform_server_metrics
+from burstgpt.records import SERVER_METRICS_SCHEMA, conform_server_metrics
 from burstgpt.metrics.windows import window_series
 from burstgpt.outputs import atomic_path, write_json_atomic
 from burstgpt.records import conform_request_records
@@ -58,7 +58,7 @@ def write_run_directory(
 
     `records`: request records (conformed to `REQUEST_RECORD_SCHEMA` here). `config`: JSON-ready run config;
     `max_concurrency` in it marks the run closed-loop. `server_metrics`: wide frame in the
-    `burstgpt.metrics.server` layout (`time_s` plus the standard columns, nullable). `extra_tables`: written
+    `burstgpt.records` server-metrics layout (`time_s` plus the standard columns, nullable). `extra_tables`: written
     as `<name>.parquet`. `window_s`/`step_s`: instantaneous-metric windows (seconds; sliding when step <
     window). `slo`: {'ttft': s, 'tpot': s, ...} for goodput. `run_info`: facts about how the run went
     (e.g. {'interrupted': True}), merged into the summary's `run` section.
@@ -153,7 +153,7 @@ class RunDirectory:
     path: Path
     config: dict
     records: pl.DataFrame  # REQUEST_RECORD_SCHEMA
-    server_metrics: pl.DataFrame | None  # burstgpt.metrics.server layout
+    server_metrics: pl.DataFrame | None  # burstgpt.records server-metrics layout
     summary: dict | None  # None when the run never finished (e.g. killed): rebuild with render_run
     complete: bool  # requests.parquet was written; False when rebuilt from requests.jsonl
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from burstgpt.records import conform_to_schema
+
 WORKLOAD_SCHEMA: dict[str, pl.DataType] = {
     "request_id": pl.Int64(),
     "arrival_s": pl.Float64(),
@@ -36,10 +38,4 @@ def conform_workload(frame: pl.DataFrame) -> pl.DataFrame:
     """Add missing workload columns as nulls (request_id as 0..n-1), cast to the schema and order the columns."""
     if "request_id" not in frame.columns:
         frame = frame.with_row_index("request_id")
-    exprs = []
-    for name, dtype in WORKLOAD_SCHEMA.items():
-        if name in frame.columns:
-            exprs.append(pl.col(name).cast(dtype))
-        else:
-            exprs.append(pl.lit(None, dtype=dtype).alias(name))
-    return frame.select(exprs)
+    return conform_to_schema(frame, WORKLOAD_SCHEMA)
