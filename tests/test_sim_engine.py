@@ -253,6 +253,45 @@ def test_step_table_expands_the_same_in_chunks(monkeypatch):
     whole = engine.steps.frame()
     monkeypatch.setattr(engine_module, "_FRAME_CHUNK_ROWS", 7)
     assert engine.steps.frame().equals(whole)
+    # Segments joined every few appends give the same table as all joined at the end.
+    monkeypatch.setattr(engine_module, "_LOG_CHUNK", 5)
+    packed = ServingEngine(config, engine.latency)
+    packed.submit(arrival, prompt, output)
+    packed.run(jump=True)
+    assert len(packed.steps.joined) > 3
+    assert packed.steps.frame().equals(whole)
     states = engine.columns()["state"]
     done, late = int((states == engine_module.DONE).sum()), int((states == engine_module.TIMED_OUT).sum())
     assert done <= whole["finished"].sum() <= done + late
+
+
+def test_downsampled_server_metrics_are_the_last_step_and_peak_of_each_interval():
+    from burstgpt.commands.simulate import downsample_server_metrics
+
+    config, arrival, prompt, output = _random_case(5)
+    result = simulate_workload(_workload(arrival, prompt, output), _setup(config))
+    per_step = server_metrics_from_steps(result.steps, config.num_gpu_blocks)
+    for interval in (0.05, 1.0, 7.5):
+        sampled = downsample_server_metrics(result.steps, config.num_gpu_blocks, interval)
+        bucket = (per_step["time_s"] / interval).floor()
+        assert sampled.height == bucket.n_unique()
+        # Straight from the definition, interval by interval.
+        for row, value in zip(sampled.iter_rows(named=True), bucket.unique(maintain_order=True), strict=True):
+            rows = per_step.filter(bucket == value)
+            assert row == {**rows.row(rows.height - 1, named=True),
+                           "kv_cache_usage_peak": rows["kv_cache_usage_perc"].max()}
+
+
+def test_downsampled_server_metrics_when_step_ends_go_back():
+    """Rounding can put a step's end a hair before its predecessor's: an interval then gathers its rows wherever
+    they are (the general path)."""
+    from burstgpt.commands.simulate import downsample_server_metrics
+
+    ints = {name: [0, 0, 0] for name in STEP_COLUMNS if name not in ("time_s", "duration_s")}
+    steps = pl.DataFrame({"time_s": [0.0, 1.0, 0.5], "duration_s": [0.5, 0.5, 0.4],
+                          **ints, "kv_blocks_used": [2, 8, 4], "generated_tokens": [1, 1, 1]}, schema=STEP_COLUMNS)
+    sampled = downsample_server_metrics(steps, 10, 1.0)  # ends 0.5, 1.5, 0.9: intervals 0, 1, 0
+    assert sampled["time_s"].to_list() == [0.9, 1.5]
+    assert sampled["kv_cache_usage_perc"].to_list() == [0.4, 0.8]
+    assert sampled["kv_cache_usage_peak"].to_list() == [0.4, 0.8]
+    assert sampled["generation_tokens_total"].to_list() == [3, 2]

@@ -21,13 +21,19 @@ block use from a histogram of the requests' positions within their blocks, and t
 step times that are linear in the step index (`DecodeLines`). It makes the same decisions as stepping; times
 agree to float rounding (the sum is evaluated in closed form rather than added step by step). With
 `jump=False` the engine is bit-identical to the simple per-step reference (`burstgpt.sim.reference`).
+
+The step table (`STEP_COLUMNS`, one row per step) is logged per segment, a single step or a whole decode run
+(`_StepLog`), and expanded to rows by `ServingEngine.steps.frame()`, with the same float operations as the engine.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import struct
 from array import array
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from bisect import bisect_right
 from heapq import heappop, heappush
@@ -37,10 +43,12 @@ import numpy as np
 import polars as pl
 
 from burstgpt.errors import BurstGPTError
-from burstgpt.sim.hardware import DecodeLines, decode_run_tables
+from burstgpt.sim.hardware import DecodeLines, expand_run_tables, run_line_tables
 
 # Request states.
 PENDING, WAITING, RUNNING, DONE, TIMED_OUT, REJECTED, INVALID, CANCELLED = range(8)
+
+_NO_REQUESTS: frozenset[int] = frozenset()  # shared empty `starved` set (never mutated)
 
 
 @dataclass(frozen=True)
@@ -91,107 +99,157 @@ _COUNT_COLUMNS = ("num_running", "num_waiting", "prefill_tokens", "decode_tokens
                   "generated_tokens", "prompt_tokens", "finished")
 
 
-_FRAME_CHUNK_ROWS = 1 << 22  # rows expanded at a time by `_StepLog.frame`
+_FRAME_CHUNK_ROWS = 1 << 16  # rows expanded at a time by `_StepLog.frame` (temporaries stay in cache)
+_FRAME_THREADS = 2
+_LOG_CHUNK = 1 << 16  # segments logged as separate byte strings before they are joined
 
 
 class _StepLog:
     """The step table, stored per segment: a single step, or a run of pure-decode steps (expanded in `frame`).
 
-    Segments keep their start and length and point into the single-step columns (duration, KV blocks used and
-    the counts) or into the run columns (step-time lines `DecodeLines`, blocks used before the run, batch size,
-    queue length, requests finished at its last step, and `at_most`: blocks added within r steps, r < bs)."""
+    Each segment is packed into bytes as it is logged (`struct`, cheap in the engine's loop): a single step as
+    `_STEP_FORMAT` (start, duration, KV blocks used after it and the counts of `_COUNT_COLUMNS`), a run as
+    `_RUN_FORMAT` plus bs integers (start, steps, the fields a0, a1, b0, b1, overhead_s of its `DecodeLines`, KV
+    blocks used before it, batch size, queue length, requests finished at its last step, its first residue, and
+    its decoders counted by base mod bs: at its step j the decoders at residue (first - j) mod bs take a new
+    block). `is_run` keeps the order. Byte strings are joined every `_LOG_CHUNK` segments."""
 
-    _RUN_FIELDS = 9  # a0, a1, b0, b1, overhead, kv used before, batch, waiting, finished
+    _STEP_FORMAT = "<2d9q"
+    _RUN_FORMAT = "<dq5d5q"
 
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
-        self.start = array("d")
-        self.steps = array("q")
-        self.slot = array("q")  # >= 0: run index; < 0: -1 - single-step index
-        self.step_duration = array("d")
-        self.step_values = array("q")  # kv used, then the counts, per single step
-        self.run_values = array("d")
-        self.run_at_most = array("q")
-        self.size = 0
+        self._pack_step = struct.Struct(self._STEP_FORMAT).pack
+        self._pack_run = struct.Struct(f"{self._RUN_FORMAT}{block_size}q").pack
+        self.is_run = bytearray()  # per segment: 1 for a run, 0 for a single step
+        self.step_bytes: list[bytes] = []  # packed single steps since the last join
+        self.run_bytes: list[bytes] = []
+        self.joined: list[tuple[bytes, bytes]] = []  # (single steps, runs) joined every `_LOG_CHUNK` segments
+        self.pending = 0  # segments logged since the last join
+        self.size = 0  # steps
 
-    def add_step(self, start: float, duration: float, kv_used: int, *counts: int) -> None:
-        self.start.append(start)
-        self.steps.append(1)
-        self.slot.append(-1 - len(self.step_duration))
-        self.step_duration.append(duration)
-        self.step_values.extend((kv_used, *counts))
+    def add_step(self, start: float, duration: float, kv_used: int, num_running: int, num_waiting: int,
+                 prefill_tokens: int, decode_tokens: int, preemptions: int, generated_tokens: int,
+                 prompt_tokens: int, finished: int) -> None:
+        self.step_bytes.append(self._pack_step(start, duration, kv_used, num_running, num_waiting, prefill_tokens,
+                                               decode_tokens, preemptions, generated_tokens, prompt_tokens, finished))
+        self.is_run.append(0)
         self.size += 1
+        self.pending += 1
+        if self.pending >= _LOG_CHUNK:
+            self._join()
 
-    def add_run(self, start: float, steps: int, lines: DecodeLines, kv_used_before: int, at_most: list[int],
-                batch: int, waiting: int, finished: int) -> None:
-        self.start.append(start)
-        self.steps.append(steps)
-        self.slot.append(len(self.run_values) // self._RUN_FIELDS)
-        self.run_values.extend((lines.a0, lines.a1, lines.b0, lines.b1, lines.overhead_s, kv_used_before, batch,
-                                waiting, finished))
-        self.run_at_most.extend(at_most[: self.block_size])
+    def add_run(self, start: float, steps: int, lines: tuple[float, float, float, float, float],
+                kv_used_before: int, residues: tuple[int, ...], first_residue: int, batch: int, waiting: int,
+                finished: int) -> None:
+        """A run of `steps` pure-decode steps of `batch` requests; `lines`: the fields (a0, a1, b0, b1, overhead_s)
+        of its `DecodeLines`; `residues`: its decoders counted by base mod bs (bs values); at its step j (0-based)
+        the decoders at residue (first_residue - j) mod bs take a new block."""
+        self.run_bytes.append(self._pack_run(start, steps, *lines, kv_used_before, batch, waiting, finished,
+                                             first_residue, *residues))
+        self.is_run.append(1)
         self.size += steps
+        self.pending += 1
+        if self.pending >= _LOG_CHUNK:
+            self._join()
+
+    def _join(self) -> None:
+        """Join the byte strings logged since the last join (one object instead of thousands)."""
+        self.joined.append((b"".join(self.step_bytes), b"".join(self.run_bytes)))
+        self.step_bytes, self.run_bytes = [], []
+        self.pending = 0
 
     def frame(self) -> pl.DataFrame:
-        def col(values, dtype):
-            return np.frombuffer(values, dtype) if len(values) else np.empty(0, dtype)
-
-        steps = col(self.steps, np.int64)
-        slot = col(self.slot, np.int64)
+        """The step table (`STEP_COLUMNS`), one row per step."""
         bs = self.block_size
         count_names = ("kv_blocks_used", *_COUNT_COLUMNS)
-        # Per segment: step-time lines, KV blocks before, batch size and the counts. A single step is a run of
-        # one step whose line is flat at its duration (max(d + 0 j, -inf) + 0 = d exactly).
-        segments = len(steps)
-        lines = np.zeros((segments, 5))
-        lines[:, 2] = -np.inf
-        per_segment = np.zeros((segments, len(count_names)), np.int64)
-        batch = np.zeros(segments, np.int64)
-        at_most_row = np.zeros(segments, np.int64)  # row of the at_most table (row 0: all zeros)
-        single = slot < 0
-        if single.any():
-            lines[single, 0] = col(self.step_duration, np.float64)[-1 - slot[single]]
-            per_segment[single] = col(self.step_values, np.int64).reshape(-1, len(count_names))[-1 - slot[single]]
-        runs = ~single
-        if runs.any():
-            values = col(self.run_values, np.float64).reshape(-1, self._RUN_FIELDS)[slot[runs]]
-            lines[runs] = values[:, :5]
-            per_segment[runs, 0] = values[:, 5].astype(np.int64)
-            batch[runs] = values[:, 6].astype(np.int64)
-            for name in ("num_running", "decode_tokens", "generated_tokens"):
-                per_segment[runs, count_names.index(name)] = batch[runs]
-            per_segment[runs, count_names.index("num_waiting")] = values[:, 7].astype(np.int64)
-            per_segment[runs, count_names.index("finished")] = values[:, 8].astype(np.int64)
-            at_most_row[runs] = slot[runs] + 1
-        at_most_table = np.concatenate([np.zeros(bs, np.int64), col(self.run_at_most, np.int64)])
-        starts = col(self.start, np.float64)
+        single = np.frombuffer(b"".join([*(block for block, _ in self.joined), *self.step_bytes]), np.dtype(
+            [("start", "<f8"), ("duration", "<f8"), *((name, "<i8") for name in count_names)]))
+        runs = np.frombuffer(b"".join([*(block for _, block in self.joined), *self.run_bytes]), np.dtype(
+            [("start", "<f8"), ("steps", "<i8"), *((name, "<f8") for name in ("a0", "a1", "b0", "b1", "overhead")),
+             *((name, "<i8") for name in ("kv_before", "batch", "waiting", "finished", "first")),
+             ("residues", "<i8", (bs,))]))
+        is_run = np.frombuffer(bytes(self.is_run), np.uint8).astype(bool)
+        is_single = ~is_run
+        segments = len(is_run)
+        # Per segment: start, steps, step-time lines (a single step: flat at its duration, max(d + 0 j, -inf) + 0
+        # = d exactly), the counts, the batch size of a run (0 for a single step) and its row of `at_most`.
+        starts = np.empty(segments)
+        starts[is_single], starts[is_run] = single["start"], runs["start"]
+        steps = np.ones(segments, np.int64)
+        steps[is_run] = runs["steps"]
+        a0, a1, b0, b1, overhead = np.empty(segments), np.zeros(segments), np.full(segments, -np.inf), \
+            np.zeros(segments), np.zeros(segments)
+        a0[is_single] = single["duration"]
+        for line, name in ((a0, "a0"), (a1, "a1"), (b0, "b0"), (b1, "b1"), (overhead, "overhead")):
+            line[is_run] = runs[name]
+        per_segment = np.zeros((len(count_names), segments), np.int32)
+        for position, name in enumerate(count_names):
+            per_segment[position, is_single] = single[name]
+        run_counts = {"kv_blocks_used": runs["kv_before"], "num_running": runs["batch"], "num_waiting": runs["waiting"],
+                      "decode_tokens": runs["batch"], "generated_tokens": runs["batch"], "finished": runs["finished"]}
+        for name, values in run_counts.items():
+            per_segment[count_names.index(name), is_run] = values
+        batch = np.zeros(segments, np.int32)
+        batch[is_run] = runs["batch"]
+        at_most_row = np.zeros(segments, np.int64)  # row 0: zeros (single steps)
+        at_most_row[is_run] = np.arange(1, len(runs) + 1)
+        # at_most[row, r]: blocks a run adds within r steps (r = 0..bs), from residues first, first - 1, ...
+        residues = np.concatenate([np.zeros((1, bs), np.int64), runs["residues"].reshape(-1, bs)])
+        first_residue = np.concatenate([[0], runs["first"]])
+        rolled = np.take_along_axis(residues, (first_residue[:, None] - np.arange(bs)) % bs, axis=1)
+        at_most_table = np.concatenate([np.zeros((len(residues), 1), np.int64), np.cumsum(rolled, axis=1)],
+                                       axis=1).ravel()  # stride bs + 1
+        del residues, rolled, single, runs
+        # The segment's step-time lines as (upper at step 0, lower at step 0) and the step from which the lower
+        # line is on top (`split_cap`, +inf when never): the per-segment part of `expand_run_tables`.
+        upper0, upper1, lower0, lower1, split_cap = run_line_tables(a0, a1, b0, b1)
         last_row = np.cumsum(steps) - 1
-        columns = {"time_s": np.empty(self.size), "duration_s": np.empty(self.size)}
-        columns.update({name: np.empty(self.size, np.int32) for name in count_names})
-        # Expand a few million rows at a time so temporaries stay small next to the table itself.
-        bounds = np.searchsorted(last_row, np.arange(_FRAME_CHUNK_ROWS, self.size, _FRAME_CHUNK_ROWS), side="left")
-        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), segments], strict=True):
-            if lo >= hi:
-                continue
+        size = int(last_row[-1]) + 1 if segments else 0
+        columns = {"time_s": np.empty(size), "duration_s": np.empty(size)}
+        columns.update({name: np.empty(size, np.int32) for name in count_names})
+        finished_position = count_names.index("finished")
+
+        def expand(lo: int, hi: int) -> None:
+            """Write the rows of segments lo..hi-1."""
             counts = steps[lo:hi]
             row_lo, row_hi = int(last_row[lo] + 1 - counts[0]), int(last_row[hi - 1] + 1)
             first = last_row[lo:hi] + 1 - counts - row_lo
-            j = (np.arange(row_hi - row_lo) - np.repeat(first, counts)).astype(np.float64)
-            duration, offset = decode_run_tables(*(np.repeat(lines[lo:hi, i], counts) for i in range(5)), j)
+            step = np.arange(row_hi - row_lo, dtype=np.int64)
+            step -= np.repeat(first, counts)  # the row's step index within its segment
+            part = slice(lo, hi)
+            duration, offset = expand_run_tables(upper0[part], upper1[part], lower0[part], lower1[part],
+                                                 split_cap[part], overhead[part], counts, step.astype(np.float64))
             columns["duration_s"][row_lo:row_hi] = duration
-            columns["time_s"][row_lo:row_hi] = np.repeat(starts[lo:hi], counts) + offset
-            after = j.astype(np.int64) + 1
-            kv_extra = (after // bs) * np.repeat(batch[lo:hi], counts) + at_most_table[
-                np.repeat(at_most_row[lo:hi] * bs, counts) + after % bs]
-            for position, name in enumerate(count_names):
+            offset += np.repeat(starts[part], counts)
+            columns["time_s"][row_lo:row_hi] = offset
+            del duration, offset
+            # KV blocks after step j of a run: before + ((j + 1) // bs) * batch + at_most[(j + 1) % bs].
+            step += 1
+            kv = columns["kv_blocks_used"][row_lo:row_hi]
+            np.floor_divide(step, bs, out=kv, casting="unsafe")
+            kv *= np.repeat(batch[part], counts)
+            np.remainder(step, bs, out=step)
+            step += np.repeat(at_most_row[part] * (bs + 1), counts)
+            kv += at_most_table[step]
+            kv += np.repeat(per_segment[0][part], counts)
+            del step
+            for position, name in enumerate(count_names[1:], start=1):
                 column = columns[name]
-                if name == "finished":
+                if position == finished_position:
                     column[row_lo:row_hi] = 0
-                    column[last_row[lo:hi]] = per_segment[lo:hi, position]
+                    column[last_row[lo:hi]] = per_segment[position][part]
                 else:
-                    column[row_lo:row_hi] = np.repeat(per_segment[lo:hi, position], counts)
-                if name == "kv_blocks_used":
-                    column[row_lo:row_hi] += kv_extra.astype(np.int32)
+                    column[row_lo:row_hi] = np.repeat(per_segment[position][part], counts)
+
+        # Expand a few thousand rows at a time so temporaries stay small (in cache) next to the table itself, on
+        # two threads (NumPy releases the GIL in its array operations; the threads write disjoint rows).
+        bounds = np.searchsorted(last_row, np.arange(_FRAME_CHUNK_ROWS, size, _FRAME_CHUNK_ROWS), side="left").tolist()
+        chunks = [(lo, hi) for lo, hi in zip([0, *bounds], [*bounds, segments], strict=True) if lo < hi]
+        if chunks:
+            with ThreadPoolExecutor(max_workers=_FRAME_THREADS) as pool:
+                for _ in pool.map(expand, *zip(*chunks, strict=True)):
+                    pass  # re-raises a thread's exception
         return pl.DataFrame({name: columns[name] for name in STEP_COLUMNS})
 
 
@@ -248,7 +306,7 @@ class ServingEngine:
         self.by_residue = [0] * config.block_size
         self.finish_heap: list[tuple[int, int]] = []  # (clock at which it finishes, id); lazy deletion
         self.decoder_ids: set[int] = set()
-        self.starved: set[int] = set()  # decoders left without budget in the last step
+        self.starved: set[int] | frozenset[int] = _NO_REQUESTS  # decoders left without budget in the last step
         self.free_blocks = config.num_gpu_blocks
         self.total_preemptions = 0
         self.steps = _StepLog(config.block_size)
@@ -532,13 +590,18 @@ class ServingEngine:
         Returns False when there is nothing to do. `next_arrival_s` bounds a jump when future arrivals are not
         submitted yet (real-time use); offline it is the next submitted arrival.
         """
+        # Called millions of times offline: attributes are read into locals where used more than once.
         t = self.now
-        self.last_ended = []
+        ended = self.last_ended = []
         if self.next_arrival < self.num_submitted and self.arrival[self.next_arrival] <= t:
             self._absorb_arrivals(t)
-        next_deadline = self._next_deadline()
+        oldest = self.oldest_live
+        if oldest < self.next_arrival and self.state[oldest] < DONE:  # `_next_deadline()`, its usual case inline
+            next_deadline = self.deadline[oldest]
+        else:
+            next_deadline = self._next_deadline()
         if t >= next_deadline:
-            self.last_ended = self._expire(t)
+            ended = self.last_ended = self._expire(t)
             next_deadline = self._next_deadline()
         if self.num_running == 0 and self.num_waiting == 0:
             self.last_emitted = []
@@ -548,47 +611,56 @@ class ServingEngine:
         bs = config.block_size
         budget = config.max_num_batched_tokens
         decoders = self.num_decoders
+        free_blocks = self.free_blocks
         crossing = self.by_residue[-self.clock % bs]  # decoders whose next token needs a new block
+        prefilling = self.prefilling
+        prompt, generated, computed_col = self.prompt, self.generated, self.computed
         prefill_chunks: dict[int, int] = {}
         preempted = 0
-        if not self.prefilling and decoders <= budget and crossing <= self.free_blocks:
+        if not prefilling and decoders <= budget and crossing <= free_blocks:
             if jump and decoders and (
-                not self.num_waiting or not self._head_admissible(budget - decoders, self.free_blocks - crossing)
+                not self.num_waiting or not self._head_admissible(budget - decoders, free_blocks - crossing)
             ):
                 self._decode_run(t, next_arrival_s, next_deadline)
                 return True
-            self.free_blocks -= crossing
+            self.free_blocks = free_blocks - crossing
             scheduled_decoders = decoders
-            self.starved = set()
+            self.starved = _NO_REQUESTS
         else:
             prefill_need = 0
-            for rid in self.prefilling:
-                prefill_need += self.prompt[rid] + self.generated[rid] - self.computed[rid]
+            for rid in prefilling:
+                prefill_need += prompt[rid] + generated[rid] - computed_col[rid]
             extra = crossing
             if decoders + prefill_need <= budget:
-                for rid in self.prefilling:
-                    computed = self.computed[rid]
-                    extra += -(-(self.prompt[rid] + self.generated[rid]) // bs) - -(-computed // bs)
-            if decoders + prefill_need <= budget and extra <= self.free_blocks:
-                self.free_blocks -= extra
-                for rid in self.prefilling:
-                    prefill_chunks[rid] = self.prompt[rid] + self.generated[rid] - self.computed[rid]
+                for rid in prefilling:
+                    computed = computed_col[rid]
+                    extra += -(-(prompt[rid] + generated[rid]) // bs) - -(-computed // bs)
+            if decoders + prefill_need <= budget and extra <= free_blocks:
+                self.free_blocks = free_blocks - extra
+                for rid in prefilling:
+                    prefill_chunks[rid] = prompt[rid] + generated[rid] - computed_col[rid]
                 scheduled_decoders = decoders
-                self.starved = set()
+                self.starved = _NO_REQUESTS
             else:
                 prefill_chunks, scheduled_decoders, preempted = self._schedule_in_order(budget, t)
-        budget -= scheduled_decoders + sum(prefill_chunks.values())
+        if prefill_chunks:
+            budget -= scheduled_decoders + sum(prefill_chunks.values())
+        else:
+            budget -= scheduled_decoders
         if not preempted and budget > 0 and self.num_waiting:
             self._admit(budget, t, prefill_chunks)
         # Work of the step.
         decode_tokens = scheduled_decoders
         prefill_tokens = 0
+        clock = self.clock
+        starved = self.starved
         # Decoders: each new token attends to its context (computed + 1 tokens), which is read once.
-        context = self.decoder_base_sum + self.num_decoders * (self.clock + 1)
-        for rid in self.starved:
-            context -= self.base[rid] + self.clock + 1
+        context = self.decoder_base_sum + self.num_decoders * (clock + 1)
+        if starved:
+            base = self.base
+            for rid in starved:
+                context -= base[rid] + clock + 1
         pairs = kv = context
-        prompt, generated, computed_col = self.prompt, self.generated, self.computed
         for rid, chunk in prefill_chunks.items():
             computed = computed_col[rid]
             if chunk == 1 and generated[rid] > 0 and computed == prompt[rid] + generated[rid] - 1:
@@ -601,39 +673,45 @@ class ServingEngine:
         t_end = t + duration
         kv_used = config.num_gpu_blocks - self.free_blocks
         # Apply: the decode clock moves on; prefills advance; completed contexts emit a token.
-        if self.track_events:
-            emitted_ids = [rid for rid in self.decoder_ids if rid not in self.starved]
-        self.clock += 1
+        track_events = self.track_events
+        if track_events:
+            emitted_ids = [rid for rid in self.decoder_ids if rid not in starved]
+        clock += 1
+        self.clock = clock
         emitted = scheduled_decoders
         first_tokens = []
         prompt_done = 0
         finished = 0
-        ended = self.last_ended
         becoming_decoders = []
-        for rid, chunk in prefill_chunks.items():
-            computed = computed_col[rid] + chunk
-            computed_col[rid] = computed
-            if computed == prompt[rid] + generated[rid]:
-                emitted += 1
-                if generated[rid] == 0:
-                    self.first_token[rid] = t_end
-                    first_tokens.append(rid)
-                    prompt_done += prompt[rid]
-                generated[rid] += 1
-                self.last_token[rid] = t_end
-                becoming_decoders.append(rid)
-        for rid in becoming_decoders:
-            self.prefilling.remove(rid)
-            if generated[rid] >= self.output_len[rid]:
-                self.num_running -= 1
-                self.free_blocks += -(-computed_col[rid] // bs)
-                self._complete(rid, t_end)
-                ended.append(rid)
-                finished += 1
-            else:
-                self._add_decoder(rid, computed_col[rid])
-        finished += self._finish_decoders(t_end, ended)
-        if self.track_events:
+        if prefill_chunks:
+            first_token, last_token = self.first_token, self.last_token
+            for rid, chunk in prefill_chunks.items():
+                computed = computed_col[rid] + chunk
+                computed_col[rid] = computed
+                if computed == prompt[rid] + generated[rid]:
+                    emitted += 1
+                    if generated[rid] == 0:
+                        first_token[rid] = t_end
+                        first_tokens.append(rid)
+                        prompt_done += prompt[rid]
+                    generated[rid] += 1
+                    last_token[rid] = t_end
+                    becoming_decoders.append(rid)
+            output_len = self.output_len
+            for rid in becoming_decoders:
+                prefilling.remove(rid)
+                if generated[rid] >= output_len[rid]:
+                    self.num_running -= 1
+                    self.free_blocks += -(-computed_col[rid] // bs)
+                    self._complete(rid, t_end)
+                    ended.append(rid)
+                    finished += 1
+                else:
+                    self._add_decoder(rid, computed_col[rid])
+        heap = self.finish_heap
+        if heap and heap[0][0] <= clock:
+            finished += self._finish_decoders(t_end, ended)
+        if track_events:
             self.last_emitted = emitted_ids + becoming_decoders
             self.last_first_tokens = first_tokens
         if self.record_steps:
@@ -655,78 +733,120 @@ class ServingEngine:
     def _finish_decoders(self, t_end: float, ended: list[int]) -> int:
         """Complete the decoders whose output is whole at the current clock; returns how many."""
         heap, clock = self.finish_heap, self.clock
-        finished = 0
+        is_decoder, prompt, output_len, base = self.is_decoder, self.prompt, self.output_len, self.base
+        by_residue, bs = self.by_residue, self.config.block_size
+        finished = freed_blocks = removed_base = 0
         while heap and heap[0][0] <= clock:
             at, rid = heappop(heap)
-            if not self.is_decoder[rid] or self.prompt[rid] + self.output_len[rid] - self.base[rid] - 1 != at:
+            if not is_decoder[rid] or prompt[rid] + output_len[rid] - base[rid] - 1 != at:
                 continue  # stale entry
-            self._leave_running(rid)
+            # `_leave_running` of a decoder, inline (once per request in an offline run); counters updated below.
+            rid_base = base[rid]
+            is_decoder[rid] = 0
+            self.decoder_ids.discard(rid)
+            by_residue[rid_base % bs] -= 1
+            removed_base += rid_base
+            computed = self.computed[rid] = rid_base + clock
+            self.generated[rid] = computed + 1 - prompt[rid]
+            freed_blocks += -(-computed // bs)
             self._complete(rid, t_end)
             ended.append(rid)
             finished += 1
+        self.num_decoders -= finished
+        self.decoder_base_sum -= removed_base
+        self.free_blocks += freed_blocks
+        self.num_running -= finished
         return finished
 
     def _decode_run(self, t: float, next_arrival_s: float | None, next_deadline: float) -> None:
         """Take k >= 1 pure-decode steps at once: up to the first finish, block shortage, arrival or deadline."""
-        bs = self.config.block_size
+        # The hot path of an offline run: attributes used in the loop are read into locals once.
+        config = self.config
+        bs, num_gpu_blocks = config.block_size, config.num_gpu_blocks
         heap = self.finish_heap
         by_residue = self.by_residue
+        is_decoder, prompt, output_len, base = self.is_decoder, self.prompt, self.output_len, self.base
+        line_coefficients = self.latency.decode_line_coefficients
+        first_reaching = self._first_reaching
+        log = self.steps if self.record_steps else None
+        track_events = self.track_events
+        inf = math.inf
         if next_arrival_s is None:
-            next_arrival_s = self.arrival[self.next_arrival] if self.next_arrival < self.num_submitted else math.inf
+            next_arrival_s = self.arrival[self.next_arrival] if self.next_arrival < self.num_submitted else inf
         while True:
             n = self.num_decoders
             while True:  # drop stale entries so the top is the next finish
                 at, rid = heap[0]
-                if self.is_decoder[rid] and self.prompt[rid] + self.output_len[rid] - self.base[rid] - 1 == at:
+                if is_decoder[rid] and prompt[rid] + output_len[rid] - base[rid] - 1 == at:
                     break
                 heappop(heap)
             clock = self.clock
-            k_finish = at - clock
+            free_blocks = self.free_blocks
             # Decoders needing a new block at relative step j (0-based) are those with base = -(clock + j) mod bs;
-            # after j steps the batch holds (j // bs) * n + at_most[j % bs] more blocks.
-            first = -clock % bs  # residues -(clock + j) mod bs for j = 0, 1, ...: first, first - 1, ... (wrapping)
-            at_most = [0, *accumulate(by_residue[first::-1] + by_residue[:first:-1])]
-            quotient, remainder = divmod(self.free_blocks, n)
-            k_max = min(k_finish, quotient * bs + bisect_right(at_most, remainder) - 1)
+            # after j steps the batch holds (j // bs) * n + at_most[j % bs] more blocks, at_most[r] being the
+            # number of decoders at residues first, first - 1, ..., first - r + 1 (mod bs).
+            first = -clock % bs
+            k_max = at - clock
+            quotient, remainder = divmod(free_blocks, n)
+            if quotient * bs < k_max:  # the free blocks may run out before the next finish
+                at_most = [0, *accumulate(by_residue[first::-1] + by_residue[:first:-1])]
+                k_blocks = quotient * bs + bisect_right(at_most, remainder) - 1
+                if k_blocks < k_max:
+                    k_max = k_blocks
             limit = next_arrival_s if next_arrival_s < next_deadline else next_deadline
-            lines = self.latency.decode_lines(n, self.decoder_base_sum + n * (clock + 1))
+            lines = line_coefficients(n, self.decoder_base_sum + n * (clock + 1))  # `DecodeLines` fields
+            a0, a1, b0, b1, overhead = lines
+            upper0, upper1, lower1 = (a0, a1, b1) if a0 >= b0 else (b0, b1, a1)
+            if lower1 > upper1:  # the lines may cross: `DecodeLines.total` in full
+                total = DecodeLines(*lines).total
+            else:
+                def total(steps: int, upper0=upper0, upper1=upper1, overhead=overhead) -> float:
+                    """`DecodeLines.total` when one line stays on top (the same float operations)."""
+                    return steps * upper0 + upper1 * (steps * (steps - 1) / 2) + steps * overhead
             # Step j + 1 (j >= 1) runs only if it starts before `limit` (the next arrival or deadline): k is the
-            # first j >= 1 whose end t + total(j) reaches `limit`, else k_max. Durations never shrink within a run,
-            # so k <= (limit - t) / (first duration) + 1 narrows the search.
+            # first j >= 1 whose end t + total(j) reaches `limit`, else k_max.
             k = k_max
-            total = lines.total
             end = None  # t + total(k) when already known
-            if limit < math.inf:
-                # Step durations never shrink within a run: k <= ceil(span / first duration), usually equal.
-                first = total(1)
-                k = min(k_max, max(1, math.ceil((limit - t) / first)))
+            if limit < inf:
+                # Step durations never shrink within a run: k <= ceil(span / first duration), usually equal. (The
+                # first step lasts upper0 + overhead; only this first guess uses it, the checks below use `total`.)
+                k = math.ceil((limit - t) / (upper0 + overhead))
+                if k < 1:
+                    k = 1
+                if k > k_max:
+                    k = k_max
                 end = t + total(k)
                 if end < limit:
                     if k < k_max:
-                        k = self._first_reaching(total, t, limit, k + 1, k_max)
+                        k = first_reaching(total, t, limit, k + 1, k_max)
                         end = None
                 elif k > 1 and t + total(k - 1) >= limit:
-                    k = self._first_reaching(total, t, limit, 1, k - 1)
+                    k = first_reaching(total, t, limit, 1, k - 1)
                     end = None
             now = t + total(k) if end is None else end
-            used_before = self.config.num_gpu_blocks - self.free_blocks
-            self.clock = clock + k
-            self.free_blocks -= (k // bs) * n + at_most[k % bs]
-            self.starved = set()
+            clock += k
+            self.clock = clock
+            residues_before = tuple(by_residue) if log is not None else None
+            low = first - k % bs + 1  # after k // bs whole cycles: at_most[k % bs], residues first down to low
+            added = sum(by_residue[low:first + 1]) if low >= 0 else sum(by_residue[:first + 1]) + sum(by_residue[low:])
+            self.free_blocks = free_blocks - ((k // bs) * n + added)
+            self.starved = _NO_REQUESTS
             ended = self.last_ended
-            finished = self._finish_decoders(now, ended)
-            if self.record_steps:
-                self.steps.add_run(t, k, lines, used_before, at_most, n, self.num_waiting, finished)
-            if self.track_events:
+            finished = self._finish_decoders(now, ended) if at <= clock else 0
+            if log is not None:
+                log.add_run(t, k, lines, num_gpu_blocks - free_blocks, residues_before, first, n, self.num_waiting,
+                            finished)
+            self.now = now
+            if track_events:
                 self.last_emitted = list(self.decoder_ids) + ended
                 self.last_first_tokens = []
-            self.now = now
+                return
             # Another run may follow at once when nothing else would happen at `now`: no arrival or deadline
             # reached, nobody queued, and the next step's new blocks fit (exactly what `step` would check).
-            if self.track_events or not self.num_decoders or self.num_waiting or now >= limit:
+            if not self.num_decoders or self.num_waiting or now >= limit:
                 return
             next_deadline = self._next_deadline()
-            if now >= next_deadline or by_residue[-self.clock % bs] > self.free_blocks:
+            if now >= next_deadline or by_residue[-clock % bs] > self.free_blocks:
                 return
             t = now
             self.last_ended = []
@@ -758,12 +878,24 @@ class ServingEngine:
 
     def run(self, *, jump: bool = True, progress=None) -> None:
         """Run until every submitted request has ended. `progress(requests_absorbed)` is called now and then."""
+        # The engine makes no reference cycles, but its loop allocates millions of small tuples, which would
+        # trigger the cyclic garbage collector over and over (about 6% of the run): pause it meanwhile.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._run(jump, progress)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _run(self, jump: bool, progress) -> None:
+        step, arrival = self.step, self.arrival
         calls = 0
         while True:
-            if not self.step(jump=jump):
+            if not step(jump=jump):
                 if self.next_arrival >= self.num_submitted:
                     break
-                self.now = max(self.now, self.arrival[self.next_arrival])
+                self.now = max(self.now, arrival[self.next_arrival])
             calls += 1
             if progress is not None and calls % 16384 == 0:
                 progress(self.next_arrival)

@@ -111,45 +111,76 @@ class DecodeLines:
     """Step times of a run of pure-decode steps: step j (0-based) lasts max(a0 + a1 j, b0 + b1 j) + overhead_s
     seconds (two lines: compute and memory for the roofline). Step 0 equals the model's `step_time` exactly."""
 
-    __slots__ = ("a0", "a1", "b0", "b1", "overhead_s")
+    __slots__ = ("a0", "a1", "b0", "b1", "overhead_s", "_upper0", "_upper1", "_lower0", "_lower1", "_split_cap")
 
     def __init__(self, a0: float, a1: float, b0: float, b1: float, overhead_s: float) -> None:
         self.a0, self.a1, self.b0, self.b1, self.overhead_s = a0, a1, b0, b1, overhead_s
+        # The line on top at step 0, and the step from which the other one is on top (None: never); `total` is
+        # called several times per run, so this is worked out once.
+        upper0, upper1, lower0, lower1 = (a0, a1, b0, b1) if a0 >= b0 else (b0, b1, a0, a1)
+        self._upper0, self._upper1, self._lower0, self._lower1 = upper0, upper1, lower0, lower1
+        self._split_cap = int((upper0 - lower0) / (lower1 - upper1)) + 1 if lower1 > upper1 else None
 
     def total(self, steps: int) -> float:
         """Seconds taken by the first `steps` steps, in closed form (step 0 alone: exactly its duration)."""
-        a0, a1, b0, b1 = (self.a0, self.a1, self.b0, self.b1) if self.a0 >= self.b0 else (
-            self.b0, self.b1, self.a0, self.a1)
-        split = steps
-        if b1 > a1:
-            # The lower line overtakes from step `cross` on.
-            split = min(steps, int((a0 - b0) / (b1 - a1)) + 1)
+        a0, a1 = self._upper0, self._upper1
+        split_cap = self._split_cap
+        if split_cap is None or split_cap >= steps:
+            return steps * a0 + a1 * (steps * (steps - 1) / 2) + steps * self.overhead_s
+        # The lower line overtakes from step `split` on.
+        split = split_cap
         seconds = split * a0 + a1 * (split * (split - 1) / 2)
-        if split < steps:
-            rest = steps - split
-            seconds += rest * b0 + b1 * ((split + steps - 1) * rest / 2)
+        rest = steps - split
+        seconds += rest * self._lower0 + self._lower1 * ((split + steps - 1) * rest / 2)
         return seconds + steps * self.overhead_s
 
 
-def decode_run_tables(a0, a1, b0, b1, overhead_s, step):
-    """For arrays (one element per step of some decode runs): each step's duration and its start offset from its
-    run's start (`DecodeLines.total(step)`), with the same operations as `DecodeLines` (float64 arrays)."""
+def run_line_tables(a0, a1, b0, b1):
+    """Per decode run (arrays of its `DecodeLines` fields): (upper0, upper1, lower0, lower1, split_cap) with the line
+    on top at step 0 first, as `DecodeLines.total` orders them, and `split_cap` the step from which the lower line
+    is on top (+inf when never), so a run's first `split = min(step, split_cap)` steps follow the upper line."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # a linear model's second line is -inf (never on top)
+        first_high = a0 >= b0
+        upper0, upper1 = np.where(first_high, a0, b0), np.where(first_high, a1, b1)
+        lower0, lower1 = np.where(first_high, b0, a0), np.where(first_high, b1, a1)
+        cross = np.floor((upper0 - lower0) / (lower1 - upper1)) + 1
+        split_cap = np.where(lower1 > upper1, np.nan_to_num(cross, posinf=np.inf), np.inf)
+    return upper0, upper1, lower0, lower1, split_cap
+
+
+def expand_run_tables(upper0, upper1, lower0, lower1, split_cap, overhead_s, counts, step):
+    """For each step of some decode runs (per-run tables of `run_line_tables` and `overhead_s`; `counts`: the
+    runs' numbers of steps; `step`: each step's 0-based index in its run, float64, runs one after the other): its
+    duration and its start offset from its run's start (`DecodeLines.total(step)`), seconds, with the same float
+    operations as `DecodeLines`."""
+    high0, high1, overhead = np.repeat(upper0, counts), np.repeat(upper1, counts), np.repeat(overhead_s, counts)
+    duration = high1 * step
+    duration += high0
+    low = np.repeat(lower1, counts)
+    low *= step
+    low += np.repeat(lower0, counts)
     with np.errstate(invalid="ignore"):  # a linear model's second line is -inf (never on top)
-        return _decode_run_tables(a0, a1, b0, b1, overhead_s, step)
-
-
-def _decode_run_tables(a0, a1, b0, b1, overhead_s, step):
-    duration = np.maximum(a0 + a1 * step, b0 + b1 * step) + overhead_s
-    first_high = a0 >= b0
-    hi0, hi1 = np.where(first_high, a0, b0), np.where(first_high, a1, b1)
-    lo0, lo1 = np.where(first_high, b0, a0), np.where(first_high, b1, a1)
-    with np.errstate(divide="ignore"):
-        cross = np.floor((hi0 - lo0) / (lo1 - hi1)) + 1
-    split = np.where(lo1 > hi1, np.minimum(step, np.nan_to_num(cross, posinf=np.inf)), step)
-    offset = split * hi0 + hi1 * (split * (split - 1) / 2)
-    rest = step - split
-    offset = offset + np.where(rest > 0, rest * lo0 + lo1 * ((split + step - 1) * rest / 2), 0.0)
-    return duration, offset + step * overhead_s
+        np.maximum(duration, low, out=duration)
+    duration += overhead
+    del low
+    crossing = bool((split_cap < np.inf).any())
+    split = np.minimum(step, np.repeat(split_cap, counts)) if crossing else step
+    offset = split * high0
+    pairs = split - 1
+    pairs *= split
+    pairs /= 2
+    pairs *= high1
+    offset += pairs
+    del pairs, high0, high1
+    if crossing:
+        rest = step - split
+        beyond = np.flatnonzero(rest > 0)  # steps past the crossing follow the lower line
+        if len(beyond):
+            runs = np.repeat(np.arange(len(counts)), counts)[beyond]
+            r, s = rest[beyond], split[beyond]
+            offset[beyond] += r * lower0[runs] + lower1[runs] * ((s + step[beyond] - 1) * r / 2)
+    offset += step * overhead
+    return duration, offset
 
 
 @dataclass(frozen=True)
@@ -183,12 +214,16 @@ class RooflineLatency:
 
     def decode_lines(self, requests: int, context: int) -> DecodeLines:
         """Pure-decode steps of `requests` requests whose contexts sum to `context` tokens at the first step."""
+        return DecodeLines(*self.decode_line_coefficients(requests, context))
+
+    def decode_line_coefficients(self, requests: int, context: int) -> tuple[float, float, float, float, float]:
+        """The fields (a0, a1, b0, b1, overhead_s) of `decode_lines`, without building the object (hot path)."""
         flops_per_token, attention_flops, weight_bytes, kv_bytes, flop_rate, byte_rate = self._constants
         # Step 0 with exactly step_time's operations; each later step reads `requests` more tokens.
         compute_0 = (flops_per_token * (0 + requests) + attention_flops * context) / flop_rate
         memory_0 = (weight_bytes + kv_bytes * context) / byte_rate
-        return DecodeLines(compute_0, attention_flops * requests / flop_rate, memory_0,
-                           kv_bytes * requests / byte_rate, self.overhead_s)
+        return (compute_0, attention_flops * requests / flop_rate, memory_0, kv_bytes * requests / byte_rate,
+                self.overhead_s)
 
 
 @dataclass(frozen=True)
@@ -214,8 +249,12 @@ class LinearLatency:
 
     def decode_lines(self, requests: int, context: int) -> DecodeLines:
         """Pure-decode steps of `requests` requests whose contexts sum to `context` tokens at the first step."""
+        return DecodeLines(*self.decode_line_coefficients(requests, context))
+
+    def decode_line_coefficients(self, requests: int, context: int) -> tuple[float, float, float, float, float]:
+        """The fields (a0, a1, b0, b1, overhead_s) of `decode_lines`, without building the object (hot path)."""
         head = self.base_s + self.per_prefill_token_s * 0 + self.per_decode_token_s * requests
-        return DecodeLines(head + self.per_kv_token_s * context, self.per_kv_token_s * requests, -math.inf, 0.0, 0.0)
+        return head + self.per_kv_token_s * context, self.per_kv_token_s * requests, -math.inf, 0.0, 0.0
 
 
 def parse_linear_coefficients(text: str) -> LinearLatency:

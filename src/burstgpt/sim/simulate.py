@@ -123,21 +123,15 @@ def engine_records(engine: ServingEngine, workload: pl.DataFrame, model_name: st
     """Per-request records for every request submitted to `engine` (rows of `workload`, in order)."""
     count = workload.height
     columns = engine.columns(count)
-    state = columns["state"]
-    status = np.where(state == DONE, STATUS_OK, STATUS_FAILED)
-    error_class = np.select(
-        [state == TIMED_OUT, state == REJECTED, state == INVALID], ["timeout", "rejected", "http_4xx"], default=""
-    )
-    message = np.select(
-        [state == TIMED_OUT, state == REJECTED, state == INVALID],
-        [
-            f"aborted by the server timeout ({engine.config.timeout_s} s)",
-            f"rejected: queue limit {engine.config.max_queue} reached",
-            f"empty prompt, or not shorter than the context ({engine.config.max_model_len} tokens)",
-        ],
-        default="",
-    )
-    http_status = np.select([state == DONE, state == REJECTED, state == INVALID], [200, 429, 400], default=-1)
+    state = pl.Series("_state", columns["state"])
+    config = engine.config
+    # Status columns from the request states, mapped in Polars (NumPy string arrays of a million rows are slow).
+    error_class = {TIMED_OUT: "timeout", REJECTED: "rejected", INVALID: "http_4xx"}
+    message = {
+        TIMED_OUT: f"aborted by the server timeout ({config.timeout_s} s)",
+        REJECTED: f"rejected: queue limit {config.max_queue} reached",
+        INVALID: f"empty prompt, or not shorter than the context ({config.max_model_len} tokens)",
+    }
     arrival = workload["arrival_s"]
     models = workload["model"].fill_null(model_name)
     frame = pl.DataFrame(
@@ -152,19 +146,18 @@ def engine_records(engine: ServingEngine, workload: pl.DataFrame, model_name: st
             "end_s": columns["end"],
             "input_tokens": workload["input_tokens"],
             "output_tokens": columns["generated"],
-            "status": status,
-            "error_class": error_class,
-            "error_message": message,
-            "http_status": http_status,
+            "_state": state,
             "bytes_received": np.zeros(count, np.int64),
             "preemptions": columns["preemptions"],
         },
         nan_to_null=True,
     ).with_columns(
-        pl.col("error_class").replace("", None),
-        pl.col("error_message").replace("", None),
-        pl.col("http_status").replace(-1, None),
-    )
+        pl.when(pl.col("_state") == DONE).then(pl.lit(STATUS_OK)).otherwise(pl.lit(STATUS_FAILED)).alias("status"),
+        pl.col("_state").replace_strict(error_class, default=None, return_dtype=pl.String).alias("error_class"),
+        pl.col("_state").replace_strict(message, default=None, return_dtype=pl.String).alias("error_message"),
+        pl.col("_state").replace_strict({DONE: 200, REJECTED: 429, INVALID: 400}, default=None,
+                                        return_dtype=pl.Int64).alias("http_status"),
+    ).drop("_state")
     return conform_request_records(frame)
 
 
