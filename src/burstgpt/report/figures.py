@@ -3,9 +3,11 @@ over one time axis; and the same panels overlaid for several runs."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -31,12 +33,36 @@ def _time_axis(seconds_max: float) -> tuple[float, str]:
     return 1.0, "time since start (s)"
 
 
+#: Most points drawn per line: the figure is about 1,100 pixels wide, so more only costs drawing time.
+MAX_DISPLAY_POINTS = 2000
+
+
+def _display_points(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average consecutive points into at most MAX_DISPLAY_POINTS bins (NaNs ignored); shorter series as is."""
+    n = x.size
+    if n <= MAX_DISPLAY_POINTS:
+        return x, y
+    per_bin = -(-n // MAX_DISPLAY_POINTS)
+    bins = -(-n // per_bin)
+    pad = bins * per_bin - n
+    x = np.pad(np.asarray(x, dtype=float), (0, pad), constant_values=np.nan).reshape(bins, per_bin)
+    y = np.pad(np.asarray(y, dtype=float), (0, pad), constant_values=np.nan).reshape(bins, per_bin)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins stay NaN (gaps in the line)
+        return np.nanmean(x, axis=1), np.nanmean(y, axis=1)
+
+
+def _plot(axis, x, y, **style) -> None:
+    axis.plot(*_display_points(np.asarray(x, dtype=float), np.asarray(y, dtype=float)), **style)
+
+
 def plot_timeline(runs: list[RunSeries], path: str | Path, *, title: str = "") -> Path:
     """Write a 4-panel PNG: latency (s), throughput (req/s, with offered load), failure rate (%), KV usage (%).
 
     One run: several statistics per panel (TTFT, end-to-end mean and p90; completed and offered req/s and
     output tokens/s; KV usage with running/waiting requests). Several runs: one line per run per panel, so
-    runs compare on the same axes. Each series is plotted at its window's midpoint.
+    runs compare on the same axes. Each series is plotted at its window's midpoint; long series are averaged
+    into at most MAX_DISPLAY_POINTS bins for drawing (the CSVs keep every window).
     """
     t_max = max(
         [float(r.timeseries["window_end_s"].max() or 0) for r in runs if r.timeseries.height] or [1.0]
@@ -53,29 +79,29 @@ def plot_timeline(runs: list[RunSeries], path: str | Path, *, title: str = "") -
         dots = {"marker": "o", "markersize": 3} if ts.height < 30 else {}  # short runs: a point per window
         prefix = "" if single else f"{run.label}: "
         if single:
-            axes[0].plot(mid, ts["e2e_mean_s"].to_numpy(), color="C0", label="end-to-end mean", **dots)
-            axes[0].plot(mid, ts["e2e_p90_s"].to_numpy(), color="C0", ls="--", label="end-to-end p90", **dots)
-            axes[0].plot(mid, ts["ttft_mean_s"].to_numpy(), color="C1", label="TTFT mean", **dots)
-            axes[1].plot(mid, ts["offered_rps"].to_numpy(), color="0.5", ls=":", label="offered req/s", **dots)
-            axes[1].plot(mid, ts["requests_per_s"].to_numpy(), color="C0", label="completed req/s", **dots)
+            _plot(axes[0], mid, ts["e2e_mean_s"].to_numpy(), color="C0", label="end-to-end mean", **dots)
+            _plot(axes[0], mid, ts["e2e_p90_s"].to_numpy(), color="C0", ls="--", label="end-to-end p90", **dots)
+            _plot(axes[0], mid, ts["ttft_mean_s"].to_numpy(), color="C1", label="TTFT mean", **dots)
+            _plot(axes[1], mid, ts["offered_rps"].to_numpy(), color="0.5", ls=":", label="offered req/s", **dots)
+            _plot(axes[1], mid, ts["requests_per_s"].to_numpy(), color="C0", label="completed req/s", **dots)
             tokens_axis = axes[1].twinx()
-            tokens_axis.plot(mid, ts["output_tokens_per_s"].to_numpy(), color="C2", alpha=0.7, label="output tok/s", **dots)
+            _plot(tokens_axis, mid, ts["output_tokens_per_s"].to_numpy(), color="C2", alpha=0.7, label="output tok/s", **dots)
             tokens_axis.set_ylabel("output tokens/s")
             tokens_axis.legend(loc="upper right", fontsize="small")
         else:
-            axes[0].plot(mid, ts["e2e_mean_s"].to_numpy(), color=color, label=f"{prefix}end-to-end mean", **dots)
-            axes[1].plot(mid, ts["requests_per_s"].to_numpy(), color=color, label=f"{prefix}completed req/s", **dots)
-            axes[1].plot(mid, ts["offered_rps"].to_numpy(), color=color, ls=":", alpha=0.6, **dots)
-        axes[2].plot(mid, (ts["failure_rate"] * 100).to_numpy(), color=color, label=f"{prefix}failure rate", **dots)
+            _plot(axes[0], mid, ts["e2e_mean_s"].to_numpy(), color=color, label=f"{prefix}end-to-end mean", **dots)
+            _plot(axes[1], mid, ts["requests_per_s"].to_numpy(), color=color, label=f"{prefix}completed req/s", **dots)
+            _plot(axes[1], mid, ts["offered_rps"].to_numpy(), color=color, ls=":", alpha=0.6, **dots)
+        _plot(axes[2], mid, (ts["failure_rate"] * 100).to_numpy(), color=color, label=f"{prefix}failure rate", **dots)
         server = run.server_metrics
         if server is not None and server.height and server["kv_cache_usage_perc"].null_count() < server.height:
             t = (server["time_s"] / divisor).to_numpy()
-            axes[3].plot(t, (server["kv_cache_usage_perc"] * 100).to_numpy(), color=color, label=f"{prefix}KV usage")
+            _plot(axes[3], t, (server["kv_cache_usage_perc"] * 100).to_numpy(), color=color, label=f"{prefix}KV usage")
             if single:
                 queue_axis = axes[3].twinx()
                 for name, style in (("num_requests_running", "-"), ("num_requests_waiting", "--")):
                     if server[name].null_count() < server.height:
-                        queue_axis.plot(t, server[name].to_numpy(), color="C3", ls=style, alpha=0.6, label=name)
+                        _plot(queue_axis, t, server[name].to_numpy(), color="C3", ls=style, alpha=0.6, label=name)
                 queue_axis.set_ylabel("requests")
                 queue_axis.legend(loc="upper right", fontsize="small")
     if not any(r.server_metrics is not None and r.server_metrics.height for r in runs):
