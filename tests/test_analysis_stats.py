@@ -12,7 +12,7 @@ from scipy import stats
 
 from burstgpt.analysis import characterise, write_characterisation
 from burstgpt.analysis import lengths, sessions, temporal, throughput
-from burstgpt.trace import TRACE_SCHEMA, Trace
+from burstgpt.trace import TRACE_SCHEMA, LoadReport, Trace
 
 
 def trace_frame(timestamps, model="ChatGPT", service="conversation", request=None, response=None,
@@ -206,7 +206,7 @@ def test_characterise_and_write_directory(tmp_path):
         response = rng.integers(0, 500, times.size)
         parts.append(trace_frame(times, model, service, request=rng.integers(1, 3000, times.size), response=response))
     frame = pl.concat(parts).sort("timestamp_s")
-    trace = Trace(frame=frame, source="generated", format="burstgpt", origin=None, load_report={"rows": frame.height})
+    trace = Trace(frame=frame, source="generated", format="burstgpt", origin=None, load_report=LoadReport(rows_read=frame.height, rows=frame.height))
     result = characterise(trace, window_s=1800.0)
     assert result.totals["rows"] == frame.height
     assert result.totals["failures"] == int((frame["response_tokens"] == 0).sum())

@@ -80,7 +80,7 @@ def test_zero_rows_are_kept_as_failures_and_out_of_order_rows_sorted(tmp_path):
     trace = load_trace(path)
     assert trace.frame["timestamp_s"].to_list() == [10.0, 20.0, 30.0]
     assert trace.frame["failed"].to_list() == [True, False, False]
-    assert trace.load_report["out_of_order_rows"] == 1
+    assert trace.load_report.out_of_order_rows == 1
 
 
 def test_mooncake_jsonl(tmp_path):
@@ -132,7 +132,7 @@ def test_skip_invalid_drops_and_counts(tmp_path):
                  "3,ChatGPT,3,-1,2,API log\n4,GPT-4,1,1,2,Conversation log\n")
     trace = load_trace(path, skip_invalid=True)
     assert trace.frame["timestamp_s"].to_list() == [1.0, 4.0]
-    assert trace.load_report["invalid_rows"] == 2 and trace.load_report["rows_read"] == 4
+    assert trace.load_report.invalid_rows == 2 and trace.load_report.rows_read == 4
 
 
 def test_unreadable_and_unknown_files(tmp_path):

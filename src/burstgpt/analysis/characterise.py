@@ -9,6 +9,7 @@ complete analysis of the run that wrote it.
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -173,7 +174,7 @@ def characterise(
     hourly_tokens = throughput.hourly_throughput(bins)
     result = Characterisation(
         source=trace.source, format=trace.format, origin=origin, window_s=float(window_s),
-        min_arrivals=int(min_arrivals), filters=filters, load_report=dict(trace.load_report), totals=totals,
+        min_arrivals=int(min_arrivals), filters=filters, load_report=dataclasses.asdict(trace.load_report) if trace.load_report else {}, totals=totals,
         overview=overview, hourly_requests=hourly, hour_of_day_profile=temporal.hour_of_day_profile(hourly),
         daily_requests=daily, day_of_week_profile=temporal.day_of_week_profile(daily),
         periodicity=temporal.periodicity(hourly), burstiness=bursts,

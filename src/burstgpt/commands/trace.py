@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from burstgpt.errors import BurstGPTError
-from burstgpt.trace import FORMATS, Trace, load_trace, parse_column_map
+from burstgpt.trace import FORMATS, LoadReport, Trace, load_trace, parse_column_map
 from burstgpt.trace.download import RELEASE_FILES, default_cache_dir, download_release_file
 
 
@@ -102,10 +102,10 @@ def _info(args: argparse.Namespace) -> int:
     frame = trace.frame
     console.print(trace_overview(trace))
     span = (frame["timestamp_s"].max() - frame["timestamp_s"].min()) if frame.height else 0.0
-    report = trace.load_report
+    report = trace.load_report or LoadReport(frame.height, frame.height)
     console.print(
         f"rows: {frame.height:,}  span: {span / 3600:.2f} h  failed: {int(frame['failed'].sum()):,}  "
-        f"invalid rows dropped: {report['invalid_rows']:,}  out-of-order rows sorted: {report['out_of_order_rows']:,}"
+        f"invalid rows dropped: {report.invalid_rows:,}  out-of-order rows sorted: {report.out_of_order_rows:,}"
         + (f"  origin: {trace.origin.isoformat()}" if trace.origin else "")
     )
     return 0

@@ -7,16 +7,17 @@ does a slow path re-read the offending columns as text to name the first bad lin
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
 from burstgpt.errors import BurstGPTError, InputError
-from burstgpt.trace.schema import TRACE_SCHEMA, Trace
+from burstgpt.trace.schema import TRACE_SCHEMA, LoadReport, Trace
 
 BURSTGPT_6_COLUMNS = ("Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens", "Log Type")
 BURSTGPT_8_COLUMNS = (
@@ -70,8 +71,8 @@ def load_trace(
     `format="auto"` picks the reader from the header (CSV) or the first record (JSONL); a `column_map`
     (target column -> source column, see `MAPPABLE_COLUMNS`) selects the mapped reader, with `time_unit` one of
     s, ms, us, ns or `datetime` for the timestamp column. Bad values raise `InputError` naming the file, line and
-    column, unless `skip_invalid`, which drops those rows and counts them in `load_report["invalid_rows"]`.
-    Rows out of timestamp order are sorted; `load_report["out_of_order_rows"]` counts them. Schemas without a
+    column, unless `skip_invalid`, which drops those rows and counts them in `load_report.invalid_rows`.
+    Rows out of timestamp order are sorted; `load_report.out_of_order_rows` counts them. Schemas without a
     model column get `default_model` (else the format's name); Azure files get their service from the file name
     (`code` -> api, `conv` -> conversation) unless `default_service` is given.
     """
@@ -114,12 +115,8 @@ def load_trace(
     out_of_order = int((frame["timestamp_s"].diff() < 0).sum()) if frame.height > 1 else 0
     if out_of_order:
         frame = frame.sort("timestamp_s", maintain_order=True)
-    report = {
-        "rows_read": ctx.rows_read,
-        "invalid_rows": ctx.invalid_rows,
-        "rows": frame.height,
-        "out_of_order_rows": out_of_order,
-    }
+    report = LoadReport(rows_read=ctx.rows_read, rows=frame.height, invalid_rows=ctx.invalid_rows,
+                        out_of_order_rows=out_of_order)
     return Trace(frame=frame, source=str(path), format=format, origin=origin or trace_origin, load_report=report)
 
 
@@ -145,7 +142,8 @@ def filter_trace(
         return trace
     frame = trace.frame.filter(pl.all_horizontal(conditions))
     return Trace(frame=frame, source=trace.source, format=trace.format, origin=trace.origin,
-                 load_report=dict(trace.load_report, filtered_rows=frame.height))
+                 load_report=dataclasses.replace(trace.load_report or LoadReport(trace.num_rows, trace.num_rows),
+                                                 filtered_rows=frame.height))
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -286,10 +284,10 @@ def _first_sentence(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _numeric_checks(frame_columns: dict[str, str]) -> tuple[dict[str, pl.Expr], dict[str, str]]:
+def _numeric_checks(columns: Iterable[str]) -> tuple[dict[str, pl.Expr], dict[str, str]]:
     """Missing or negative numeric values, keyed by the source column name shown to the user."""
     checks, messages = {}, {}
-    for source in frame_columns:
+    for source in columns:
         checks[source] = pl.col(source).is_null() | (pl.col(source) < 0)
         messages[source] = "missing or negative value"
     return checks, messages
@@ -318,8 +316,7 @@ def _read_burstgpt(ctx: _Context) -> pl.DataFrame:
         pl.col("Log Type").replace_strict(log_types, default=None, return_dtype=pl.Utf8).alias("_service"),
         pl.col("Model").replace_strict(models, default=None, return_dtype=pl.Utf8),
     )
-    numeric = {"Timestamp": "timestamp_s", "Request tokens": "request_tokens", "Response tokens": "response_tokens"}
-    checks, messages = _numeric_checks(numeric)
+    checks, messages = _numeric_checks(("Timestamp", "Request tokens", "Response tokens"))
     checks["Model"] = pl.col("Model").is_null()
     messages["Model"] = "missing model name"
     checks["Log Type"] = pl.col("_service").is_null()
@@ -368,7 +365,7 @@ def _read_azure(ctx: _Context) -> tuple[pl.DataFrame, datetime | None]:
     ctx.require_columns(header, AZURE_COLUMNS)
     frame = ctx.read_csv({"TIMESTAMP": pl.Utf8(), "ContextTokens": pl.Int64(), "GeneratedTokens": pl.Int64()})
     frame = _parse_datetimes(ctx, frame, "TIMESTAMP")
-    checks, messages = _numeric_checks({"ContextTokens": "", "GeneratedTokens": ""})
+    checks, messages = _numeric_checks(("ContextTokens", "GeneratedTokens"))
     frame = ctx.check_values(frame, checks, messages)
     frame, origin = _seconds_from_day_start(frame)
     return frame.select(
@@ -396,7 +393,7 @@ def _read_mooncake(ctx: _Context) -> pl.DataFrame:
         frame.select(MOONCAKE_FIELDS),
         {"timestamp": pl.Float64(), "input_length": pl.Int64(), "output_length": pl.Int64()},
     )
-    checks, messages = _numeric_checks(dict.fromkeys(MOONCAKE_FIELDS, ""))
+    checks, messages = _numeric_checks(MOONCAKE_FIELDS)
     frame = ctx.check_values(frame, checks, messages)
     return frame.select(
         (pl.col("timestamp") / 1000.0).alias("timestamp_s"),
@@ -471,9 +468,7 @@ def _read_mapped(
         frame, origin = _seconds_from_day_start(frame)
     else:
         frame = frame.with_columns((pl.col(ts_source) * TIME_UNITS[time_unit]).alias("timestamp_s"))
-    checks, messages = _numeric_checks(
-        {column_map[t]: t for t in ("request_tokens", "response_tokens") if t in column_map}
-    )
+    checks, messages = _numeric_checks(column_map[t] for t in ("request_tokens", "response_tokens"))
     checks[ts_source] = pl.col("timestamp_s").is_null() | (pl.col("timestamp_s") < 0)
     messages[ts_source] = "missing or negative timestamp"
     frame = ctx.check_values(frame, checks, messages)

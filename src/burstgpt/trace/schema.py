@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import polars as pl
@@ -34,6 +34,17 @@ SERVICES = ("conversation", "api")
 
 
 @dataclass
+class LoadReport:
+    """What loading a trace did. Counts are rows; `filtered_rows` is set once `filter_trace` has run."""
+
+    rows_read: int
+    rows: int
+    invalid_rows: int = 0  # dropped by skip_invalid
+    out_of_order_rows: int = 0  # rows found before an earlier timestamp, then sorted
+    filtered_rows: int | None = None
+
+
+@dataclass
 class Trace:
     """A loaded trace.
 
@@ -46,7 +57,7 @@ class Trace:
     source: str
     format: str
     origin: datetime | None = None
-    load_report: dict = field(default_factory=dict)
+    load_report: LoadReport | None = None
 
     @property
     def num_rows(self) -> int:

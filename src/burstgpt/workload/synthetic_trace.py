@@ -27,7 +27,7 @@ import polars as pl
 
 from burstgpt.errors import BurstGPTError
 from burstgpt.outputs import atomic_path
-from burstgpt.trace.schema import TRACE_SCHEMA, Trace
+from burstgpt.trace.schema import TRACE_SCHEMA, LoadReport, Trace
 from burstgpt.workload.arrivals import ParamSchedule, scheduled_arrivals
 from burstgpt.workload.lengths import ZipfLengths
 
@@ -178,7 +178,7 @@ def synthetic_burstgpt(
     )
     trace = Trace(frame=frame, source=f"synthetic(days={days}, seed={seed}, rate_scale={rate_scale})",
                   format="synthetic", origin=SYNTHETIC_ORIGIN,
-                  load_report={"rows_read": frame.height, "rows": frame.height})
+                  load_report=LoadReport(rows_read=frame.height, rows=frame.height))
     return SyntheticTrace(trace, windows, tuple(streams))
 
 
