@@ -280,6 +280,11 @@ def _mirrored_arrivals(args, params: WorkloadParams, rng: np.random.Generator) -
     duration = args.duration
     if duration is None and args.num_requests is None:
         duration = schedule.end  # one pass over the trace's windows
+    elif duration is not None and duration < 0.9 * schedule.end:
+        # The target is the mean over the whole mirrored trace; a slice of it keeps that slice's own rate.
+        print(f"note: --duration {duration:g} s covers {100 * duration / schedule.end:.0f}% of the mirrored trace "
+              f"({schedule.end:.0f} s at --time-scale {args.time_scale:g}); --target-rate {target:.4g} req/s is "
+              "the mean over the whole trace, so this slice keeps its own, different rate", file=sys.stderr)
     return scheduled_arrivals(schedule, rng, num_requests=args.num_requests, duration_s=duration)
 
 
