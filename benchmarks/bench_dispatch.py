@@ -24,10 +24,10 @@ import aiohttp
 import numpy as np
 import polars as pl
 
-from burstgpt.client.openai import EndpointOptions, RequestRecord, RequestSender, request_body
+from burstgpt.client.openai import EndpointOptions, RequestSender, request_body
 from burstgpt.client.runner import LoadGenerator, RunOptions
 from burstgpt.metrics.requests import send_rate, summarize
-from burstgpt.records import REQUEST_RECORD_SCHEMA, conform_request_records
+from burstgpt.records import REQUEST_RECORD_SCHEMA, RequestRecord, conform_request_records
 
 HERE = Path(__file__).resolve().parent
 

@@ -16,19 +16,16 @@ import time
 
 import numpy as np
 
-from burstgpt.commands.workload import add_generation_arguments, workload_from_args
 from burstgpt.sim.engine import DONE, ServingEngine
 from burstgpt.sim.output_lengths import DEFAULT_OUTPUT_LENGTH_SPEC, parse_output_length_model, resolve_output_lengths
 from burstgpt.sim.reference import reference_simulate
-from burstgpt.sim.simulate import build_engine_setup, engine_records
+from burstgpt.sim.simulate import EngineSpec, build_engine_setup, engine_records
+from burstgpt.workload.spec import RequestLengths, ScheduledArrivals, WorkloadSpec, build_workload
 
 
 def make_workload(num_requests: int, seed: int):
-    parser = argparse.ArgumentParser()
-    add_generation_arguments(parser)
-    args = parser.parse_args(["--alpha", "0.5", "--beta", "2", "--zipf-theta", "1.1",
-                              "--num-requests", str(num_requests), "--seed", str(seed)])
-    return workload_from_args(args)
+    return build_workload(WorkloadSpec(arrivals=ScheduledArrivals(alpha=0.5, beta_s=2.0), num_requests=num_requests,
+                                       lengths=RequestLengths(zipf_theta=1.1), seed=seed))
 
 
 def time_engine(setup, workload, lengths, *, record_steps: bool) -> tuple[dict, ServingEngine]:
@@ -55,7 +52,7 @@ def main() -> None:
     parser.add_argument("--no-steps", action="store_true", help="do not build the per-step table")
     args = parser.parse_args()
 
-    setup = build_engine_setup(gpu="A800-80GB", model="Llama-2-13B-chat")
+    setup = build_engine_setup(EngineSpec(gpu="A800-80GB", model="Llama-2-13B-chat"))
     started = time.perf_counter()
     workload = make_workload(args.requests, args.seed)
     lengths = resolve_output_lengths(workload, parse_output_length_model(DEFAULT_OUTPUT_LENGTH_SPEC),

@@ -24,7 +24,8 @@ import numpy as np
 from burstgpt.workload.arrivals import scheduled_arrivals, shaped_schedule
 from burstgpt.workload.generate import assemble_workload, seed_streams
 from burstgpt.workload.lengths import ZipfLengths
-from burstgpt.workload.prompts import BuiltinTokenizer, PromptPool, synthetic_texts
+from burstgpt.workload.prompts import PromptPool, synthetic_texts
+from burstgpt.workload.tokenizer import BuiltinTokenizer
 
 CHANGE_EVERY = 200
 

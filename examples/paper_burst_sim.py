@@ -24,13 +24,12 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from burstgpt.commands.simulate import downsample_server_metrics
-from burstgpt.commands.workload import add_generation_arguments, workload_from_args
 from burstgpt.metrics.requests import average_metrics
 from burstgpt.metrics.windows import window_series
 from burstgpt.report.figures import RunSeries, plot_timeline
 from burstgpt.report.rundir import write_run_directory
-from burstgpt.sim.simulate import build_engine_setup, simulate_workload
+from burstgpt.sim.simulate import build_engine_setup, server_metrics_from_steps, simulate_workload
+from burstgpt.workload import RequestLengths, ScheduledArrivals, WorkloadSpec, build_workload
 
 TABLE_III = {"alpha": 0.5, "beta": 2.0, "theta": 1.1}  # llama-2-13b-chat on A800
 SWEEPS = {
@@ -40,12 +39,10 @@ SWEEPS = {
 }
 
 
-def workload(requests: int, seed: int, *, alpha: str, beta: float, theta: float, extra: list[str] = ()):
-    parser = argparse.ArgumentParser()
-    add_generation_arguments(parser)
-    return workload_from_args(parser.parse_args([
-        "--alpha", alpha, "--beta", str(beta), "--zipf-theta", str(theta), "--num-requests", str(requests),
-        "--seed", str(seed), *extra]))
+def workload(requests: int, seed: int, *, alpha, beta: float, theta: float, schedule: str | None = None):
+    spec = WorkloadSpec(ScheduledArrivals(alpha=alpha, beta_s=beta, schedule=schedule), num_requests=requests,
+                        lengths=RequestLengths(zipf_theta=theta), seed=seed)
+    return build_workload(spec)
 
 
 def main() -> None:
@@ -60,14 +57,13 @@ def main() -> None:
 
     # Fig 16: a steady Table III workload against one whose alpha dips to 0.1 and back (burst schedule).
     series = []
-    for name, alpha, extra in (("steady", "0.5", []), ("bursting", "0.5:0.1", ["--schedule", "quadratic,constant"])):
+    for name, alpha, schedule in (("steady", 0.5, None), ("bursting", (0.5, 0.1), "quadratic,constant")):
         frame = workload(args.requests, args.seed, alpha=alpha, beta=TABLE_III["beta"], theta=TABLE_III["theta"],
-                         extra=extra)
+                         schedule=schedule)
         result = simulate_workload(frame, setup, seed=args.seed)
-        server = downsample_server_metrics(result.steps, blocks, 1.0)
-        config = {"kind": "simulate", "example": "paper_burst_sim", "alpha": alpha, "beta": TABLE_III["beta"],
-                  "theta": TABLE_III["theta"], "gpu": setup.gpu_name, "model": setup.model_name,
-                  "num_gpu_blocks": blocks, "timeout_s": setup.config.timeout_s}
+        server = server_metrics_from_steps(result.steps, blocks, 1.0)
+        config = {**setup.to_dict(), "producer": "simulate", "example": "paper_burst_sim", "alpha": alpha,
+                  "beta": TABLE_III["beta"], "theta": TABLE_III["theta"]}
         write_run_directory(out / name, result.records, config=config, server_metrics=server,
                             extra_tables={"steps": result.steps}, window_s=60.0)
         series.append(RunSeries(name, window_series(result.records, 60.0, server_metrics=server), server))
@@ -79,7 +75,7 @@ def main() -> None:
     for parameter, values in SWEEPS.items():
         for value in values:
             params = {**TABLE_III, parameter: value}
-            frame = workload(args.requests, args.seed, alpha=str(params["alpha"]), beta=params["beta"],
+            frame = workload(args.requests, args.seed, alpha=params["alpha"], beta=params["beta"],
                              theta=params["theta"])
             records = simulate_workload(frame, setup, seed=args.seed).records
             summary = average_metrics(records)

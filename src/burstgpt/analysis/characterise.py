@@ -18,6 +18,8 @@ import polars as pl
 
 from burstgpt import __version__
 from burstgpt.analysis import lengths, sessions, temporal, throughput
+from burstgpt.analysis.fits import time_resolution
+from burstgpt.analysis.lengths import LengthStatistics
 from burstgpt.analysis.temporal import GROUP
 from burstgpt.errors import BurstGPTError
 from burstgpt.outputs import atomic_path, write_json_atomic
@@ -37,9 +39,11 @@ GROUP_LEVEL_TABLES = (
 
 
 @dataclass
-class Characterisation:
+class Characterisation(LengthStatistics):
     """Every statistic of one (filtered) trace as tidy Polars frames (see each producing function for the
-    columns), plus what was analysed. Frames for sessions are empty when the trace has no session ids."""
+    columns; the length tables are `LengthStatistics`' fields), plus what was analysed. Frames for sessions are
+    empty when the trace has no session ids. `timestamps`: how the trace's timestamps were recorded, all groups
+    together (`fits.TimeResolution.to_dict`; per group in `arrival_summary`)."""
 
     source: str
     format: str
@@ -60,17 +64,12 @@ class Characterisation:
     arrival_windows: pl.DataFrame
     arrival_summary: pl.DataFrame
     gap_histograms: pl.DataFrame
-    request_zipf: pl.DataFrame
-    length_histograms: pl.DataFrame
-    response_bimodality: pl.DataFrame
-    request_response_bins: pl.DataFrame
-    request_response_counts: pl.DataFrame
-    request_response_correlation: pl.DataFrame
     hourly_throughput: pl.DataFrame
     throughput_box: pl.DataFrame
     failure_rates: pl.DataFrame
     failure_rates_by_day: pl.DataFrame
     failure_rates_by_hour: pl.DataFrame
+    timestamps: dict = field(default_factory=dict)
     sessions: pl.DataFrame = field(default_factory=pl.DataFrame)
     session_summary: pl.DataFrame = field(default_factory=pl.DataFrame)
     turns_histogram: pl.DataFrame = field(default_factory=pl.DataFrame)
@@ -108,6 +107,7 @@ class Characterisation:
             "filters": self.filters,
             "load_report": self.load_report,
             "totals": self.totals,
+            "timestamps": self.timestamps,
             "groups": list(groups.values()),
         }
 
@@ -128,8 +128,8 @@ def characterise(
 
     `model`, `service`, `start_s`/`end_s` (trace seconds, end exclusive) select rows first; `window_s` (seconds)
     is the arrival-fit window, `min_arrivals` the fewest arrivals a window needs to be fitted; `seed` seeds the
-    spreading of whole-second timestamps (`burstgpt.analysis.fits.dequantize_timestamps`). `progress` is called
-    with the name of each step before it runs.
+    spreading of tied timestamps within their recording resolution (`burstgpt.analysis.fits.time_resolution`).
+    `progress` is called with the name of each step before it runs.
     """
     if not window_s > 0:
         raise BurstGPTError(f"--window must be a positive number of seconds, got {window_s}")
@@ -185,6 +185,7 @@ def characterise(
         failure_rates=throughput.failure_rates(bins),
         failure_rates_by_day=throughput.failure_rates_by_day(bins),
         failure_rates_by_hour=throughput.failure_rates_by_hour(bins),
+        timestamps=time_resolution(frame["timestamp_s"].to_numpy()).to_dict(),
     )
     if sessions.has_sessions(frame):
         step("sessions")
@@ -193,6 +194,12 @@ def characterise(
         result.turns_histogram = sessions.turns_histogram(frame)
         result.elapsed_vs_response = sessions.elapsed_vs_response(frame)
         result.elapsed_fit = sessions.elapsed_fit(frame)
+    # An undefined statistic (a correlation of one pair, an autocorrelation of a short series) is null, never
+    # NaN: tables then show it empty and summary.json null, the same as every other undefined value.
+    for item in fields(result):
+        table = getattr(result, item.name)
+        if isinstance(table, pl.DataFrame) and table.height:
+            setattr(result, item.name, table.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None)))
     return result
 
 

@@ -6,11 +6,13 @@ Everything is maximum likelihood. The per-window fits are vectorised across wind
 all windows at once with `scipy.special`, sums per window by `np.bincount`, and one sort of all gaps for the
 Kolmogorov-Smirnov statistics. Thousands of windows take well under a second.
 
-Whole-second timestamps. BurstGPT logs arrival times in whole seconds, so many inter-arrival gaps are exactly
-0 and every gap is an integer; a continuous likelihood then breaks (log 0) or, if zeros are dropped, describes
-the rounding rather than the traffic. When every timestamp is a multiple of a common resolution (1 s, 0.1 s,
-0.01 s or 1 ms, detected by `detect_timestamp_resolution`), `dequantize_timestamps` places each arrival at a
-seeded uniform position inside its recorded interval [t, t + resolution) and re-sorts. For a Poisson process
+Coarse timestamps. BurstGPT logs arrival times in whole seconds, so many inter-arrival gaps are exactly 0 and
+every gap is an integer; a continuous likelihood then breaks (log 0) or, if zeros are dropped, describes the
+rounding rather than the traffic. Mooncake writes milliseconds but its conversation trace advances in ~3-s
+ticks (90 % ties). `time_resolution` finds the effective recording step: the coarsest of 1 s, 0.1 s, 0.01 s or
+1 ms that every timestamp is a multiple of, or, when many arrivals tie, a coarser quantum that the positive gaps
+are multiples of (3 s for Mooncake). `dequantize_timestamps` then places each arrival at a seeded uniform
+position inside its recorded interval [t, t + resolution) and re-sorts. For a Poisson process
 this restores exactly the law of the unrounded arrivals (given the count in a second, arrival positions are
 uniform order statistics); for clustered traffic (alpha < 1) it smooths clustering below the resolution, so
 alpha of windows whose mean gap is only a few seconds is biased up (towards 1); windows with mean gaps well
@@ -34,6 +36,11 @@ CANDIDATE_RESOLUTIONS_S = (1.0, 0.1, 0.01, 0.001)
 
 #: Largest fraction of exact-zero samples `fit_gamma` leaves out (as float ties) rather than refusing.
 MAX_TIED_FRACTION = 1e-2
+
+#: Samples whose largest is within this relative distance of their smallest are "all equal" to the Gamma fits:
+#: their shape alpha (~ 2 / (relative spread)^2) is past what float64 logs resolve, and a perfectly regular
+#: stream has no Gamma shape to report.
+MIN_RELATIVE_SPREAD = 1e-4
 
 #: Models compared per window by AIC (`aic_<name>` columns of `gamma_fit_per_window`).
 ARRIVAL_MODELS = ("gamma", "exponential", "weibull", "lognormal")
@@ -86,17 +93,81 @@ class ZipfFit:
 # ------------------------------------------------------------------------------------------------ timestamps
 
 
-def detect_timestamp_resolution(timestamps_s: np.ndarray) -> float | None:
-    """The coarsest of `CANDIDATE_RESOLUTIONS_S` (seconds) that every timestamp is a multiple of, or None when
-    the timestamps are continuous (or there are fewer than 2)."""
+@dataclass(frozen=True)
+class TimeResolution:
+    """How finely a stream's timestamps were recorded (`time_resolution`).
+
+    `resolution_s`: the effective recording step (seconds), None when the timestamps look continuous;
+    `tied_fraction`: share of arrivals at exactly the same timestamp as the arrival before them (0..1; 0 for
+    fewer than 2 arrivals); `method`: how the step was found: "multiple" (every timestamp is a multiple of a
+    round step), "gap quantum" (the positive gaps lie on multiples of a coarser step, e.g. 3-s stamps written in
+    ms with jitter), or "continuous"."""
+
+    resolution_s: float | None
+    tied_fraction: float
+    method: str
+
+    def to_dict(self) -> dict:
+        return {"time_resolution_s": self.resolution_s, "tied_arrival_fraction": self.tied_fraction,
+                "ties_spread": self.resolution_s is not None, "time_resolution_method": self.method}
+
+
+def time_resolution(timestamps_s: np.ndarray) -> TimeResolution:
+    """Detect the effective recording resolution of timestamps (seconds, any order).
+
+    First the coarsest of `CANDIDATE_RESOLUTIONS_S` that every timestamp is a multiple of. Then, when more than
+    `MAX_TIED_FRACTION` of the arrivals tie (a continuous clock almost never ties), the dominant quantum of the
+    positive gaps: the typical smallest gap q (median of the gaps near the 10th percentile), accepted when at least
+    `QUANTUM_SHARE` of the gaps up to `QUANTUM_MULTIPLES` q lie within `QUANTUM_TOLERANCE` q of a multiple of q.
+    A coarser quantum wins over the exact-multiple step: Mooncake's conversation trace writes milliseconds but
+    records arrivals every ~3 s (90 % ties), and spreading ties over 1 ms would leave gaps of ~0 that the Gamma
+    fit reads as extreme burstiness (alpha ~0.1).
+    """
     t = np.asarray(timestamps_s, dtype=np.float64)
     if t.size < 2:
-        return None
+        return TimeResolution(None, 0.0, "continuous")
+    if not _is_sorted(t):
+        t = np.sort(t)
+    gaps = np.diff(t)
+    tied = float(np.count_nonzero(gaps == 0) / gaps.size)
+    step = None
     probe = t[:: max(1, t.size // 1000)]  # rule candidates out cheaply on ~1000 timestamps first
     for resolution in CANDIDATE_RESOLUTIONS_S:
         if _all_multiples(probe, resolution) and _all_multiples(t, resolution):
-            return resolution
-    return None
+            step = resolution
+            break
+    if tied > MAX_TIED_FRACTION:
+        quantum = _gap_quantum(gaps[gaps > 0], step)
+        if quantum is not None and (step is None or quantum > step * (1 + 1e-9)):
+            return TimeResolution(quantum, tied, "gap quantum")
+    return TimeResolution(step, tied, "multiple" if step is not None else "continuous")
+
+
+#: `time_resolution`'s test for a gap quantum q: at least QUANTUM_SHARE of the positive gaps up to
+#: QUANTUM_MULTIPLES * q lie within QUANTUM_TOLERANCE * q of a multiple of q.
+QUANTUM_SHARE = 0.9
+QUANTUM_MULTIPLES = 20
+QUANTUM_TOLERANCE = 0.05
+
+
+def _gap_quantum(positive_gaps: np.ndarray, step: float | None) -> float | None:
+    """The step (seconds) that the positive gaps are multiples of, or None (see `time_resolution`)."""
+    if positive_gaps.size < 10:
+        return None
+    low = float(np.quantile(positive_gaps, 0.1))
+    near = positive_gaps[(positive_gaps > 0.5 * low) & (positive_gaps <= 1.5 * low)]
+    quantum = float(np.median(near))
+    if step is not None:  # a whole number of recording steps (3000 ms, not 2999.5 ms)
+        quantum = max(step, round(quantum / step) * step)
+    small = positive_gaps[positive_gaps <= QUANTUM_MULTIPLES * quantum] / quantum
+    on_lattice = np.abs(small - np.rint(small)) <= QUANTUM_TOLERANCE
+    return quantum if np.mean(on_lattice) >= QUANTUM_SHARE else None
+
+
+def detect_timestamp_resolution(timestamps_s: np.ndarray) -> float | None:
+    """The effective recording step of timestamps (seconds; `time_resolution(...).resolution_s`), or None when
+    they are continuous (or there are fewer than 2)."""
+    return time_resolution(timestamps_s).resolution_s
 
 
 def _all_multiples(values: np.ndarray, resolution: float) -> bool:
@@ -113,9 +184,9 @@ def dequantize_timestamps(
 ) -> np.ndarray:
     """Timestamps (seconds) spread uniformly inside their recording interval [t, t + resolution), sorted.
 
-    `resolution_s=None` detects it (`detect_timestamp_resolution`); 0 or a continuous trace returns the
-    timestamps sorted and otherwise unchanged. The spreading is seeded by `seed`, so results are reproducible.
-    See the module docstring for why and for its bias.
+    `resolution_s=None` detects it (`time_resolution`); 0 or a continuous trace returns the timestamps sorted and
+    otherwise unchanged. The spreading is seeded by `seed`, so results are reproducible. See the module docstring
+    for why and for its bias.
     """
     t = np.asarray(timestamps_s, dtype=np.float64)
     if not np.all(np.isfinite(t)):
@@ -161,8 +232,8 @@ def fit_gamma(samples: np.ndarray) -> GammaFit:
     x = x[x > 0]
     if x.size < 2:
         raise FitError(f"a Gamma fit needs at least 2 positive samples, got {x.size}")
-    if np.all(x == x[0]):
-        raise FitError("a Gamma fit needs samples that are not all equal")
+    if x.max() <= x.min() * (1.0 + MIN_RELATIVE_SPREAD):
+        raise FitError("a Gamma fit needs samples that are not all equal (perfectly regular gaps)")
     fit = _fit_groups(x, np.zeros(x.size, dtype=np.int64), 1, compare_models=False)
     alpha, beta, ks = float(fit["alpha"][0]), float(fit["beta_s"][0]), float(fit["ks_stat"][0])
     return GammaFit(
@@ -212,7 +283,7 @@ def gamma_fit_per_window(
     keep &= fittable[gap_window]
     gaps, gap_window = gaps[keep], gap_window[keep]
     gap_counts = np.bincount(gap_window, minlength=n_windows)
-    # A window needs two distinct gaps for a two-parameter fit.
+    # A window needs two distinct gaps for a two-parameter fit (distinct beyond float noise: MIN_RELATIVE_SPREAD).
     gap_min = np.full(n_windows, np.inf)
     gap_max = np.full(n_windows, -np.inf)
     fittable &= gap_counts >= 2
@@ -221,7 +292,7 @@ def gamma_fit_per_window(
         present = gap_window[starts]
         gap_min[present] = np.minimum.reduceat(gaps, starts)
         gap_max[present] = np.maximum.reduceat(gaps, starts)
-    fittable &= gap_max > gap_min
+    fittable &= gap_max > gap_min * (1.0 + MIN_RELATIVE_SPREAD)
     keep = fittable[gap_window]
     gaps, gap_window = gaps[keep], gap_window[keep]
     fitted_windows = np.flatnonzero(fittable)
@@ -300,7 +371,6 @@ def _gamma_ks_statistics(log_x, group, m, alpha, beta) -> np.ndarray:
     range, and interpolated between them by cubic Hermite interpolation with the exact derivative (the density);
     the interpolation error is below 1e-6 for shapes 0.05..200 (checked in tests against scipy.stats.kstest).
     """
-    n_groups = m.size
     if log_x.size == 0:
         return np.empty(0)
     first = np.concatenate([[0], np.cumsum(m[:-1])]).astype(np.int64)
@@ -388,6 +458,89 @@ def _weibull_log_likelihood(log_x, group, n_groups, m, mean_log, var_log, sum_lo
 
 # ------------------------------------------------------------------------------------------------ Zipf
 
+#: `value_counts` counts values below this with one np.bincount table (fast: no sort); larger values by sorting,
+#: so a length of 4e9 tokens costs no 30-GiB table.
+MAX_COUNTING_TABLE = 1 << 22
+
+#: The bounded-Zipf power sums run term by term over the first ZIPF_EXACT_TERMS lengths of the range and use the
+#: Euler-Maclaurin formula past them (its error there is below 1e-15 of the sum), so a range of 1e8 tokens costs
+#: as little memory as one of 2e5.
+ZIPF_EXACT_TERMS = 1 << 18
+
+
+def value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a non-negative integer array (sorted) and how often each occurs, both shape (d,).
+    Counts with np.bincount while the largest value is below `MAX_COUNTING_TABLE`, else with np.unique."""
+    values = np.asarray(values)
+    small = values.size and np.issubdtype(values.dtype, np.integer) and 0 <= values.min()
+    if small and values.max() < MAX_COUNTING_TABLE:
+        counts = np.bincount(values)
+        distinct = np.flatnonzero(counts)
+        return distinct, counts[distinct]
+    return np.unique(values, return_counts=True)
+
+
+def zipf_cdf(theta: float, min_tokens: int, max_tokens: int, at: np.ndarray) -> np.ndarray:
+    """P(K <= at) under the bounded Zipf law P(k) proportional to k**-theta on the integers [min_tokens,
+    max_tokens] (`fit_zipf`, `burstgpt.workload.lengths.ZipfLengths`), for integer `at` (any shape). Memory does
+    not grow with the range (`ZIPF_EXACT_TERMS`)."""
+    at = np.clip(np.asarray(at, dtype=np.float64), min_tokens - 1, max_tokens)
+    total = _zipf_power_sums(theta, min_tokens, np.array([float(max_tokens)]))[0][0]
+    return _zipf_power_sums(theta, min_tokens, at.ravel())[0].reshape(at.shape) / total
+
+
+def zipf_pmf(theta: float, min_tokens: int, max_tokens: int) -> np.ndarray:
+    """P(k) for every k in min_tokens..max_tokens, shape (max - min + 1,) (the whole range: for samplers)."""
+    k = np.arange(min_tokens, max_tokens + 1, dtype=np.float64)
+    # Work in logs relative to the largest term so a large theta does not underflow to all zeros.
+    weights = np.exp(-theta * (np.log(k) - np.log(min_tokens)))
+    return weights / weights.sum()
+
+
+def _zipf_power_sums(theta: float, low: int, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """S0(u) = sum_{k=low}^{u} w(k) and S1(u) = sum_{k=low}^{u} w(k) log k with w(k) = (k / low)**-theta, for
+    each (integer-valued, >= low - 1) upper limit u, shape of `upper`. Exact term by term for
+    k < low + ZIPF_EXACT_TERMS, Euler-Maclaurin past that."""
+    upper = np.asarray(upper, dtype=np.float64)
+    head_end = min(float(upper.max(initial=low)), low + ZIPF_EXACT_TERMS - 1.0)
+    log_k = np.log(np.arange(low, head_end + 1.0))
+    weights = np.exp(-theta * (log_k - np.log(low)))
+    cumulative_0 = np.concatenate([[0.0], np.cumsum(weights)])
+    cumulative_1 = np.concatenate([[0.0], np.cumsum(weights * log_k)])
+    index = (np.minimum(upper, head_end) - low + 1).astype(np.int64)
+    s0, s1 = cumulative_0[index], cumulative_1[index]
+    tail = upper > head_end
+    if np.any(tail):
+        t0, t1 = _zipf_tail_sums(theta, low, head_end + 1.0, upper[tail])
+        s0[tail] += t0
+        s1[tail] += t1
+    return s0, s1
+
+
+def _zipf_tail_sums(theta: float, low: int, a: float, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sum_{k=a}^{b} w(k) and sum_{k=a}^{b} w(k) log k (w as in `_zipf_power_sums`) by Euler-Maclaurin: the
+    integral, half the end terms, and the first derivative correction. With x = a e^t and s = 1 - theta,
+    integral w = w(a) a E1, integral w log = w(a) a (log(a) E1 + E2), E1 = int_0^L e^(st) dt, E2 = int_0^L t e^(st)
+    dt, L = log(b / a)."""
+    s = 1.0 - theta
+    length = np.log(b / a)
+    x = s * length
+    e1 = length if s == 0 else np.expm1(x) / s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # The closed form of E2 cancels for small s L: a series there (error < 1e-13 relative).
+        e2 = np.where(np.abs(x) < 1e-2,
+                      length**2 * (0.5 + x / 3.0 + x**2 / 8.0 + x**3 / 30.0 + x**4 / 144.0),
+                      (length * np.exp(x) - e1) / (s if s != 0 else 1.0))
+    log_a, log_low = np.log(a), np.log(low)
+    w_a = np.exp(-theta * (log_a - log_low))
+    log_b = np.log(b)
+    w_b = np.exp(-theta * (log_b - log_low))
+    # w'(x) = -theta w / x; (w log)'(x) = w (1 - theta log x) / x.
+    sum_0 = w_a * a * e1 + (w_a + w_b) / 2.0 + (-theta * w_b / b + theta * w_a / a) / 12.0
+    sum_1 = (w_a * a * (log_a * e1 + e2) + (w_a * log_a + w_b * log_b) / 2.0
+             + (w_b * (1.0 - theta * log_b) / b - w_a * (1.0 - theta * log_a) / a) / 12.0)
+    return sum_0, sum_1
+
 
 def fit_zipf(lengths: np.ndarray, min_tokens: int | None = None, max_tokens: int | None = None) -> ZipfFit:
     """Maximum-likelihood fit of the bounded discrete power law the paper calls Zipf:
@@ -398,6 +551,8 @@ def fit_zipf(lengths: np.ndarray, min_tokens: int | None = None, max_tokens: int
     `lengths` are token counts, shape (n,); the bounds default to the sample's min and max, and lengths outside
     them are left out. The MLE solves E_theta[log k] = mean(log k_i) (the left side falls as theta grows); when
     the sample's mean log length is above that of the uniform law (theta = 0), the MLE on theta >= 0 is 0.
+    Memory grows with the number of distinct lengths, not with the longest (`value_counts`, `zipf_cdf`).
+    Fewer than 2 distinct lengths leave theta undefined: `FitError`.
     """
     values = np.asarray(lengths)
     if values.size == 0:
@@ -412,24 +567,28 @@ def fit_zipf(lengths: np.ndarray, min_tokens: int | None = None, max_tokens: int
     values = values[(values >= low) & (values <= high)]
     if values.size == 0:
         raise FitError(f"no length lies in [{low}, {high}]")
-    counts = np.bincount(values - low, minlength=high - low + 1).astype(np.float64)
-    log_k = np.log(np.arange(low, high + 1, dtype=np.float64))
-    target = float(counts @ log_k) / values.size
+    distinct, counts = value_counts(values)
+    if distinct.size < 2:
+        raise FitError(f"a Zipf fit needs at least 2 distinct lengths, all {values.size} are {int(distinct[0])}")
+    target = float(counts @ np.log(distinct.astype(np.float64))) / values.size
+    top = np.array([float(high)])
 
     def mean_log_k(theta: float) -> float:
-        log_w = -theta * log_k
-        w = np.exp(log_w - log_w.max())
-        return float(w @ log_k / w.sum())
+        s0, s1 = _zipf_power_sums(theta, low, top)
+        return float(s1[0] / s0[0])
 
-    if high == low or mean_log_k(0.0) <= target:
+    if mean_log_k(0.0) <= target:
         theta = 0.0
     else:
         upper = 1.0
-        while mean_log_k(upper) > target and upper < 1e3:
+        while mean_log_k(upper) > target and upper < 1e12:  # E[log k] -> log(min) < target as theta grows
             upper *= 2.0
         theta = float(optimize.brentq(lambda th: mean_log_k(th) - target, 0.0, upper, xtol=1e-10))
-    log_w = -theta * log_k
-    pmf = np.exp(log_w - log_w.max())
-    pmf /= pmf.sum()
-    ks = float(np.max(np.abs(np.cumsum(counts) / values.size - np.cumsum(pmf))))
+    # KS: the empirical CDF is flat between distinct lengths while the fitted CDF rises, so the largest gap is at
+    # a distinct length or just below one.
+    empirical = np.cumsum(counts) / values.size
+    fitted_at = zipf_cdf(theta, low, high, distinct)
+    fitted_below = zipf_cdf(theta, low, high, distinct - 1)
+    ks = float(max(np.max(np.abs(empirical - fitted_at)),
+                   np.max(np.abs(np.concatenate([[0.0], empirical[:-1]]) - fitted_below))))
     return ZipfFit(theta=theta, min_tokens=low, max_tokens=high, n=int(values.size), ks_stat=ks)

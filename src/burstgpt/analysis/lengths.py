@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from burstgpt.analysis.fits import fit_zipf
+from burstgpt.analysis.fits import MAX_COUNTING_TABLE, FitError, fit_zipf, value_counts
 from burstgpt.analysis.temporal import GROUP
 
 #: Histogram bins per length histogram.
@@ -48,41 +48,66 @@ def bin_start(column: str, width: float, n_bins: int) -> pl.Expr:
     return ((pl.col(column) // width).clip(0, n_bins - 1) * width).cast(pl.Float64)
 
 
+@dataclass(frozen=True)
+class LinearFit:
+    """Least-squares line y = intercept + slope * x over `n` pairs, with Pearson's r and Spearman's rho. None
+    where undefined: the line needs x to vary, the correlations need x and y to vary."""
+
+    n: int
+    slope: float | None
+    intercept: float | None
+    pearson_r: float | None
+    spearman_rho: float | None
+
+
+def linear_fit(x: np.ndarray, y: np.ndarray) -> LinearFit:
+    """`LinearFit` of paired samples x, y (shape (n,) each)."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.size < 2 or np.ptp(x) == 0:
+        return LinearFit(int(x.size), None, None, None, None)
+    xf, yf = x.astype(np.float64), y.astype(np.float64)
+    dx, dy = xf - xf.mean(), yf - yf.mean()
+    sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
+    slope = sxy / sxx
+    varies = syy > 0
+    return LinearFit(int(x.size), slope, float(yf.mean() - slope * xf.mean()),
+                     sxy / math.sqrt(sxx * syy) if varies else None, spearman_rho(x, y) if varies else None)
+
+
 def linear_fit_by_group(rows: pl.DataFrame, x_column: str, y_column: str, slope_name: str,
                         intercept_name: str) -> pl.DataFrame:
-    """Least-squares line y = intercept + slope * x per model x service, with Pearson and Spearman correlation.
-    Columns: model, service, n, <slope_name>, <intercept_name>, pearson_r, spearman_rho."""
-    x, y = pl.col(x_column).cast(pl.Float64), pl.col(y_column).cast(pl.Float64)
-    slope = pl.cov(x, y) / x.var()
-    lines = rows.group_by(*GROUP).agg(
-        pl.len().alias("n"),
-        slope.alias(slope_name),
-        (y.mean() - slope * x.mean()).alias(intercept_name),
-        pl.corr(x, y).alias("pearson_r"),
-    )
-    rho = [
-        {"model": model, "service": service,
-         "spearman_rho": spearman_rho(group[x_column].to_numpy(), group[y_column].to_numpy())}
-        for (model, service), group in _group_iter(rows, [x_column, y_column])
-    ]
-    rho_table = pl.DataFrame(rho, schema={"model": pl.Utf8, "service": pl.Utf8, "spearman_rho": pl.Float64})
-    return (
-        lines.with_columns(pl.col(*GROUP).cast(pl.Utf8))
-        .join(rho_table, on=list(GROUP), how="left", nulls_equal=True)
-        .sort(*GROUP, nulls_last=True)
-    )
+    """`linear_fit` of y on x per model x service. Columns: model, service, n, <slope_name>, <intercept_name>,
+    pearson_r, spearman_rho (null where undefined)."""
+    return _linear_fit_table(
+        [((model, service), group[x_column].to_numpy(), group[y_column].to_numpy())
+         for (model, service), group in _group_iter(rows, [x_column, y_column])],
+        slope_name, intercept_name)
+
+
+def _linear_fit_table(pairs, slope_name: str, intercept_name: str) -> pl.DataFrame:
+    """One row per ((model, service), x, y) of `pairs`: their `linear_fit`."""
+    rows = []
+    for (model, service), x, y in pairs:
+        fit = linear_fit(x, y)
+        rows.append({"model": model, "service": service, "n": fit.n, slope_name: fit.slope,
+                     intercept_name: fit.intercept, "pearson_r": fit.pearson_r, "spearman_rho": fit.spearman_rho})
+    schema = {"model": pl.Utf8, "service": pl.Utf8, "n": pl.Int64, slope_name: pl.Float64,
+              intercept_name: pl.Float64, "pearson_r": pl.Float64, "spearman_rho": pl.Float64}
+    return pl.DataFrame(rows, schema=schema).sort(*GROUP, nulls_last=True)
 
 
 def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (average ranks for ties). Non-negative integer data (token counts) are ranked
-    by counting (O(n + max value)) instead of sorting, which is several times faster on millions of rows."""
+    by counting (O(n + max value), up to `MAX_COUNTING_TABLE`) instead of sorting, which is several times faster
+    on millions of rows."""
     if x.size < 2:
         return float("nan")
     return float(np.corrcoef(_average_ranks(x), _average_ranks(y))[0, 1])
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
-    if np.issubdtype(values.dtype, np.integer) and values.min() >= 0 and values.max() <= 50_000_000:
+    if np.issubdtype(values.dtype, np.integer) and values.min() >= 0 and values.max() < MAX_COUNTING_TABLE:
         counts = np.bincount(values)
         below = np.cumsum(counts) - counts  # values smaller than each value
         return (below + (counts + 1) / 2.0)[values]
@@ -90,7 +115,8 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def _group_iter(frame: pl.DataFrame, columns: list[str]):
-    yield from frame.select(*GROUP, *columns).group_by(*GROUP, maintain_order=True)
+    for (model, service), group in frame.select(*GROUP, *columns).group_by(*GROUP, maintain_order=True):
+        yield (str(model) if model is not None else None, str(service) if service is not None else None), group
 
 
 @dataclass
@@ -120,8 +146,7 @@ class _BinPlan:
 
 
 def _length_groups(frame: pl.DataFrame) -> list[_LengthGroup]:
-    return [_LengthGroup(str(model) if model is not None else None, str(service) if service is not None else None,
-                         group["request_tokens"].to_numpy(), group["response_tokens"].to_numpy())
+    return [_LengthGroup(model, service, group["request_tokens"].to_numpy(), group["response_tokens"].to_numpy())
             for (model, service), group in _group_iter(frame, ["request_tokens", "response_tokens"])]
 
 
@@ -184,7 +209,8 @@ def length_statistics(frame: pl.DataFrame, histogram_bins: int = HISTOGRAM_BINS,
 def request_zipf_fits(frame: pl.DataFrame) -> pl.DataFrame:
     """Zipf (bounded discrete power law, `fits.fit_zipf`) fit of positive request lengths per model x service.
 
-    Columns: model, service, n, zipf_theta, min_tokens, max_tokens, ks_stat.
+    Columns: model, service, n, zipf_theta, min_tokens, max_tokens, ks_stat (theta and ks_stat null when the
+    group has fewer than 2 distinct positive lengths: no exponent is defined).
     """
     return _request_zipf(_length_groups(frame))
 
@@ -195,9 +221,15 @@ def _request_zipf(groups: list[_LengthGroup]) -> pl.DataFrame:
         positive = g.request[g.request > 0]
         if positive.size == 0:
             continue
-        fit = fit_zipf(positive)
-        rows.append({"model": g.model, "service": g.service, "n": fit.n, "zipf_theta": fit.theta,
-                     "min_tokens": fit.min_tokens, "max_tokens": fit.max_tokens, "ks_stat": fit.ks_stat})
+        row = {"model": g.model, "service": g.service, "n": positive.size, "min_tokens": int(positive.min()),
+               "max_tokens": int(positive.max())}
+        try:
+            fit = fit_zipf(positive)
+        except FitError:  # one distinct length: theta undefined, left null
+            pass
+        else:
+            row |= {"zipf_theta": fit.theta, "ks_stat": fit.ks_stat}
+        rows.append(row)
     schema = {"model": pl.Utf8, "service": pl.Utf8, "n": pl.Int64, "zipf_theta": pl.Float64,
               "min_tokens": pl.Int64, "max_tokens": pl.Int64, "ks_stat": pl.Float64}
     return pl.DataFrame(rows, schema=schema).sort(*GROUP, nulls_last=True)
@@ -314,9 +346,7 @@ def _response_bimodality(groups: list[_LengthGroup]) -> pl.DataFrame:
         lengths = g.response[g.ok]
         if lengths.size == 0:
             continue
-        counts = np.bincount(lengths)  # token counts are small integers: counting beats np.unique's sort
-        distinct = np.flatnonzero(counts)
-        counts = counts[distinct]
+        distinct, counts = value_counts(lengths)
         cumulative = np.cumsum(counts)
         median = 0.5 * (distinct[np.searchsorted(cumulative, (lengths.size - 1) // 2, side="right")]
                         + distinct[np.searchsorted(cumulative, lengths.size // 2, side="right")])
@@ -350,10 +380,10 @@ def request_response_bins(frame: pl.DataFrame, bins: int = REQUEST_BINS) -> pl.D
 def binned_quantiles(bin_index: np.ndarray, values: np.ndarray, n_bins: int, quantiles: tuple[float, ...]) -> np.ndarray:
     """Quantiles (linear interpolation) of non-negative integer `values` within each bin, shape
     (n_bins, len(quantiles)), NaN for empty bins. Counts a (bin, value) table instead of sorting when it is
-    small enough (token lengths), so millions of values cost one pass."""
+    small enough (token lengths, up to `MAX_COUNTING_TABLE` cells), so millions of values cost one pass."""
     out = np.full((n_bins, len(quantiles)), np.nan)
     top = int(values.max()) + 1 if values.size else 1
-    if n_bins * top <= 50_000_000:
+    if n_bins * top <= MAX_COUNTING_TABLE:
         table = np.bincount(bin_index * top + values, minlength=n_bins * top).reshape(n_bins, top)
         cumulative = np.cumsum(table, axis=1)
         for b in np.flatnonzero(cumulative[:, -1]):
@@ -435,25 +465,13 @@ def _request_response_counts(groups: list[_LengthGroup], plan: _BinPlan) -> pl.D
 
 
 def request_response_correlation(frame: pl.DataFrame) -> pl.DataFrame:
-    """Least-squares line response = intercept + slope * request and correlations, successful requests.
-
-    Columns: model, service, n, slope, intercept_tokens, pearson_r, spearman_rho.
+    """Least-squares line response = intercept + slope * request and correlations, successful requests
+    (`linear_fit`). Columns: model, service, n, slope, intercept_tokens, pearson_r, spearman_rho (null where
+    undefined: fewer than 2 pairs, constant request lengths, or for the correlations constant responses).
     """
     return _request_response_correlation(_length_groups(frame))
 
 
 def _request_response_correlation(groups: list[_LengthGroup]) -> pl.DataFrame:
-    rows = []
-    for g in groups:
-        x, y = g.request[g.ok], g.response[g.ok]
-        row = {"model": g.model, "service": g.service, "n": x.size}
-        if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
-            dx, dy = x - x.mean(), y - y.mean()
-            sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
-            slope = sxy / sxx
-            row |= {"slope": slope, "intercept_tokens": float(y.mean() - slope * x.mean()),
-                    "pearson_r": sxy / math.sqrt(sxx * syy), "spearman_rho": spearman_rho(x, y)}
-        rows.append(row)
-    schema = {"model": pl.Utf8, "service": pl.Utf8, "n": pl.Int64, "slope": pl.Float64,
-              "intercept_tokens": pl.Float64, "pearson_r": pl.Float64, "spearman_rho": pl.Float64}
-    return pl.DataFrame(rows, schema=schema).sort(*GROUP, nulls_last=True)
+    return _linear_fit_table((((g.model, g.service), g.request[g.ok], g.response[g.ok]) for g in groups),
+                             "slope", "intercept_tokens")

@@ -16,7 +16,9 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
-from burstgpt.analysis.fits import ARRIVAL_MODELS, dequantize_timestamps, fit_gamma, gamma_fit_per_window
+from burstgpt.analysis.fits import (
+    ARRIVAL_MODELS, FitError, dequantize_timestamps, fit_gamma, gamma_fit_per_window, time_resolution,
+)
 
 GROUP = ("model", "service")
 SECONDS_PER_HOUR = 3600.0
@@ -24,6 +26,10 @@ SECONDS_PER_DAY = 86400.0
 
 #: Daily (and weekly) traffic counts as periodic when its periodicity score reaches this.
 PERIODIC_THRESHOLD = 0.3
+
+#: Hours (days) the trace observed for less than this share of the hour (day) are left out of the spread
+#: statistics across days (std/min/max, throughput boxes); the others are scaled to a full hour (day).
+MIN_COVERAGE = 0.5
 
 
 def clock_offset_s(origin: datetime | None) -> float:
@@ -46,22 +52,29 @@ class TimeBins:
 
     `table` columns: model, service, bin (index of the bin since midnight of day 0), requests, failures,
     request_tokens, response_tokens (sums over the bin's requests). `origin` as in `Trace.origin`.
+    `span_start_s`, `span_end_s`: the first and last arrival (seconds since midnight of day 0): the part of the
+    clock the trace observed, so a period it covers only in part is not read as a quiet one.
     """
 
     table: pl.DataFrame
     origin: datetime | None
+    span_start_s: float = 0.0
+    span_end_s: float = 0.0
 
 
 def time_bins(frame: pl.DataFrame, origin: datetime | None = None) -> TimeBins:
     """Aggregate a trace table into `TimeBins` (see there)."""
-    clock = pl.col("timestamp_s") + clock_offset_s(origin)
+    offset = clock_offset_s(origin)
+    clock = pl.col("timestamp_s") + offset
     table = frame.group_by(*GROUP, (clock // BIN_S).cast(pl.Int64).alias("bin")).agg(
         pl.len().cast(pl.Int64).alias("requests"),
         pl.col("failed").sum().cast(pl.Int64).alias("failures"),
         pl.col("request_tokens").sum().cast(pl.Int64),
         pl.col("response_tokens").sum().cast(pl.Int64),
     )
-    return TimeBins(table.with_columns(pl.col(*GROUP).cast(pl.Utf8)), origin)
+    first, last = (float(frame["timestamp_s"].min()) + offset, float(frame["timestamp_s"].max()) + offset) \
+        if frame.height else (0.0, 0.0)
+    return TimeBins(table.with_columns(pl.col(*GROUP).cast(pl.Utf8)), origin, first, last)
 
 
 def per_period(bins: TimeBins, period_s: float, name: str) -> pl.DataFrame:
@@ -69,7 +82,8 @@ def per_period(bins: TimeBins, period_s: float, name: str) -> pl.DataFrame:
     period from the trace's first to its last included (zeros where a group had no request).
 
     Columns: model, service, <name> (period index since midnight of day 0), requests, failures,
-    request_tokens, response_tokens.
+    request_tokens, response_tokens, observed_s (seconds of the period between the trace's first and last
+    arrival: period_s inside, less for the periods holding them, 0 when both are one instant).
     """
     step = round(period_s / BIN_S)
     if step < 1 or abs(step * BIN_S - period_s) > 1e-9:
@@ -78,12 +92,15 @@ def per_period(bins: TimeBins, period_s: float, name: str) -> pl.DataFrame:
     table = bins.table
     if table.height == 0:
         return pl.DataFrame(schema={"model": pl.Utf8, "service": pl.Utf8, name: pl.Int64,
-                                    **{column: pl.Int64 for column in totals}})
+                                    **{column: pl.Int64 for column in totals}, "observed_s": pl.Float64})
     sums = table.group_by(*GROUP, (pl.col("bin") // step).alias(name)).agg(pl.col(*totals).sum())
     grid = group_grid(table, name, int(sums[name].min()), int(sums[name].max()))
+    start = pl.col(name).cast(pl.Float64) * period_s
+    observed = (pl.min_horizontal(start + period_s, pl.lit(bins.span_end_s))
+                - pl.max_horizontal(start, pl.lit(bins.span_start_s))).clip(0.0, period_s)
     return (
         grid.join(sums, on=[*GROUP, name], how="left", nulls_equal=True)
-        .with_columns(pl.col(*totals).fill_null(0))
+        .with_columns(pl.col(*totals).fill_null(0), observed.alias("observed_s"))
         .sort(*GROUP, name, nulls_last=True)
     )
 
@@ -113,30 +130,45 @@ def group_grid(frame: pl.DataFrame, name: str, first: int, last: int) -> pl.Data
 def hourly_requests(bins: TimeBins) -> pl.DataFrame:
     """Requests per clock hour over the trace's whole span, zero hours included (shared by all groups).
 
-    Columns: model, service, hour_index (hours since midnight of day 0), day, hour_of_day, requests.
+    Columns: model, service, hour_index (hours since midnight of day 0), day, hour_of_day, requests, observed_s
+    (seconds of the hour the trace observed, see `per_period`).
     """
     return per_period(bins, SECONDS_PER_HOUR, "hour_index").select(
         *GROUP, "hour_index",
         (pl.col("hour_index") // 24).cast(pl.Int32).alias("day"),
         (pl.col("hour_index") % 24).cast(pl.Int8).alias("hour_of_day"),
-        "requests",
+        "requests", "observed_s",
     )
 
 
-def hour_of_day_profile(hourly: pl.DataFrame) -> pl.DataFrame:
-    """Requests per hour of day across days (paper Figs 3-4), from `hourly_requests`.
+def per_full_period(column: str, period_s: float = SECONDS_PER_HOUR) -> pl.Expr:
+    """`column` of a `per_period` table scaled to a full period (column * period_s / observed_s), null for
+    periods observed for less than `MIN_COVERAGE` of the period."""
+    return (pl.when(pl.col("observed_s") >= MIN_COVERAGE * period_s)
+            .then(pl.col(column).cast(pl.Float64) * period_s / pl.col("observed_s")))
 
-    Columns: model, service, hour_of_day, days (days observed at that hour), mean_requests, std_requests,
-    min_requests, max_requests.
+
+def hour_of_day_profile(hourly: pl.DataFrame) -> pl.DataFrame:
+    """Requests per hour of day across days (paper Figs 3-4), from `hourly_requests`, counting only the time
+    the trace observed: an hour at the trace's start or end that it saw for 10 minutes is not a quiet hour.
+
+    Columns: model, service, hour_of_day, days (days that hour was observed at all), observed_hours (total),
+    mean_requests (requests / observed hours: per full hour, partial hours weighted by their coverage), and across
+    days the std_requests, min_requests and max_requests of requests per hour, from hours observed for at least
+    `MIN_COVERAGE` of the hour, scaled to a full hour (null when there are none; std needs two).
     """
+    rate = per_full_period("requests")
+    observed = pl.col("observed_s").sum()
     return (
-        hourly.group_by(*GROUP, "hour_of_day")
+        hourly.filter(pl.col("observed_s") > 0)
+        .group_by(*GROUP, "hour_of_day")
         .agg(
             pl.len().alias("days"),
-            pl.col("requests").mean().alias("mean_requests"),
-            pl.col("requests").std().alias("std_requests"),
-            pl.col("requests").min().alias("min_requests"),
-            pl.col("requests").max().alias("max_requests"),
+            (observed / SECONDS_PER_HOUR).alias("observed_hours"),
+            (pl.col("requests").sum() * SECONDS_PER_HOUR / observed).alias("mean_requests"),
+            rate.std().alias("std_requests"),
+            rate.min().alias("min_requests"),
+            rate.max().alias("max_requests"),
         )
         .sort(*GROUP, "hour_of_day", nulls_last=True)
     )
@@ -145,25 +177,30 @@ def hour_of_day_profile(hourly: pl.DataFrame) -> pl.DataFrame:
 def daily_requests(bins: TimeBins) -> pl.DataFrame:
     """Requests per day over the trace's span, zero days included (paper Figs 1-2).
 
-    Columns: model, service, day, date (null without an origin), day_of_week, requests.
+    Columns: model, service, day, date (null without an origin), day_of_week, requests, observed_s (seconds of
+    the day the trace observed: less than 86400 for its first and last day).
     """
     return per_period(bins, SECONDS_PER_DAY, "day").select(
         *GROUP, pl.col("day").cast(pl.Int32), day_dates(pl.col("day"), bins.origin).alias("date"),
-        weekday(pl.col("day"), bins.origin).alias("day_of_week"), "requests",
+        weekday(pl.col("day"), bins.origin).alias("day_of_week"), "requests", "observed_s",
     )
 
 
 def day_of_week_profile(daily: pl.DataFrame) -> pl.DataFrame:
-    """Requests per day of week across weeks, from `daily_requests`.
+    """Requests per day of week across weeks, from `daily_requests`, over the time the trace observed (as
+    `hour_of_day_profile` does for hours).
 
-    Columns: model, service, day_of_week, days, mean_requests, std_requests.
+    Columns: model, service, day_of_week, days, mean_requests (requests / observed days), std_requests (days
+    observed for at least `MIN_COVERAGE` of the day, scaled to a full day; null for fewer than two).
     """
+    observed = pl.col("observed_s").sum()
     return (
-        daily.group_by(*GROUP, "day_of_week")
+        daily.filter(pl.col("observed_s") > 0)
+        .group_by(*GROUP, "day_of_week")
         .agg(
             pl.len().alias("days"),
-            pl.col("requests").mean().alias("mean_requests"),
-            pl.col("requests").std().alias("std_requests"),
+            (pl.col("requests").sum() * SECONDS_PER_DAY / observed).alias("mean_requests"),
+            per_full_period("requests", SECONDS_PER_DAY).std().alias("std_requests"),
         )
         .sort(*GROUP, "day_of_week", nulls_last=True)
     )
@@ -225,11 +262,12 @@ def burstiness(bins: TimeBins, window_minutes: tuple[int, ...] = (5, 10)) -> pl.
     empty is not counted (any count is "double" zero), so sparse traffic does not look bursty.
 
     Columns: model, service, window_min, day, date, day_of_week, windows (after a window with traffic, or with
-    traffic), bursts_2x, bursts_3x, bursts_4x (windows with count >= k x the previous, previous >= 1).
+    traffic), bursts_2x, bursts_3x, bursts_4x (windows with count >= k x the previous, previous >= 1),
+    observed_s (seconds of the day the trace observed: the counts of a partial day cover only that much).
     """
     schema = {"model": pl.Utf8, "service": pl.Utf8, "window_min": pl.Int64, "day": pl.Int32, "date": pl.Date,
               "day_of_week": pl.Int8, "windows": pl.Int64, "bursts_2x": pl.Int64, "bursts_3x": pl.Int64,
-              "bursts_4x": pl.Int64}
+              "bursts_4x": pl.Int64, "observed_s": pl.Float64}
     if bins.table.height == 0:
         return pl.DataFrame(schema=schema)
     parts = []
@@ -248,6 +286,7 @@ def burstiness(bins: TimeBins, window_minutes: tuple[int, ...] = (5, 10)) -> pl.
                 active.sum().cast(pl.Int64).alias("windows"),
                 *[((previous >= 1) & (pl.col("requests") >= k * previous)).sum().cast(pl.Int64)
                   .alias(f"bursts_{k}x") for k in (2, 3, 4)],
+                pl.col("observed_s").sum(),
             )
             .with_columns(pl.lit(minutes, pl.Int64).alias("window_min"))
         )
@@ -261,23 +300,37 @@ def burstiness(bins: TimeBins, window_minutes: tuple[int, ...] = (5, 10)) -> pl.
 
 
 def burstiness_summary(bursts: pl.DataFrame) -> pl.DataFrame:
-    """Mean bursts per day, over all days and over workdays (day_of_week 0-4), from `burstiness`.
+    """Bursts per day of observation, over all days and over workdays (day_of_week 0-4), from `burstiness`:
+    bursts / observed days, so partial days at the trace's ends count for the part observed (null when the
+    trace observed no time, e.g. a single timestamp).
 
-    Columns: model, service, window_min, days, mean_bursts_2x_per_day, mean_bursts_2x_per_workday,
-    mean_bursts_3x_per_day, mean_bursts_4x_per_day.
+    Columns: model, service, window_min, days (calendar days touched), observed_days, mean_bursts_2x_per_day,
+    mean_bursts_2x_per_workday, mean_bursts_3x_per_day, mean_bursts_4x_per_day.
     """
     workday = pl.col("day_of_week") < 5
+    observed_days = pl.col("observed_s") / SECONDS_PER_DAY
+
+    def per_day(column: str, keep: pl.Expr = pl.lit(True)) -> pl.Expr:
+        days = observed_days.filter(keep).sum()
+        return pl.when(days > 0).then(pl.col(column).filter(keep).sum() / days)
+
     return (
         bursts.group_by(*GROUP, "window_min")
         .agg(
             pl.len().alias("days"),
-            pl.col("bursts_2x").mean().alias("mean_bursts_2x_per_day"),
-            pl.col("bursts_2x").filter(workday).mean().alias("mean_bursts_2x_per_workday"),
-            pl.col("bursts_3x").mean().alias("mean_bursts_3x_per_day"),
-            pl.col("bursts_4x").mean().alias("mean_bursts_4x_per_day"),
+            observed_days.sum().alias("observed_days"),
+            per_day("bursts_2x").alias("mean_bursts_2x_per_day"),
+            per_day("bursts_2x", workday).alias("mean_bursts_2x_per_workday"),
+            per_day("bursts_3x").alias("mean_bursts_3x_per_day"),
+            per_day("bursts_4x").alias("mean_bursts_4x_per_day"),
         )
         .sort(*GROUP, "window_min", nulls_last=True)
     )
+
+
+#: Columns of `TimeResolution.to_dict` in `arrival_fits`' summary.
+RESOLUTION_COLUMNS = {"time_resolution_s": pl.Float64, "tied_arrival_fraction": pl.Float64, "ties_spread": pl.Boolean,
+                      "time_resolution_method": pl.Utf8}
 
 
 @dataclass
@@ -298,7 +351,8 @@ def arrival_fits(
     gap_bins: int = 60,
 ) -> ArrivalFits:
     """Gamma fits of inter-arrival times per model x service (paper Fig 6), one pass per group over its
-    timestamps, spread once within their recording resolution (`fits.dequantize_timestamps`, seeded).
+    timestamps, spread once within their effective recording resolution (`fits.time_resolution`,
+    `fits.dequantize_timestamps`, seeded).
 
     `windows`: per-window fits (`fits.gamma_fit_per_window`), windows aligned on the clock (multiples of
     `window_s` from midnight of day 0) and shared by all groups. Columns: model, service, then
@@ -306,8 +360,11 @@ def arrival_fits(
 
     `summary`: per group, one Gamma fit of all gaps and the spread of the window fits. Columns: model, service,
     requests, gamma_alpha, gamma_beta_s, gamma_cv, gamma_ks_stat, windows_fitted, window_alpha_median,
-    window_alpha_p10, window_alpha_p90, window_beta_s_median, window_cv_median, and best_model_<name>_windows
-    (windows where that model has the lowest AIC) for each of `fits.ARRIVAL_MODELS`.
+    window_alpha_p10, window_alpha_p90, window_beta_s_median, window_cv_median, best_model_<name>_windows
+    (windows where that model has the lowest AIC) for each of `fits.ARRIVAL_MODELS`, and how the timestamps were
+    recorded (`fits.TimeResolution.to_dict`): time_resolution_s (null: continuous), tied_arrival_fraction,
+    ties_spread (whether arrivals were spread within the resolution; if not, tied gaps are left out),
+    time_resolution_method. Fit columns are null where a group has fewer than 2 distinct positive gaps.
 
     `gap_histograms`: gaps on `gap_bins` log-spaced bins, to compare with the fitted density. Columns: model,
     service, bin_start_s, bin_end_s, count, density_per_s (count / (n * bin width)).
@@ -317,15 +374,20 @@ def arrival_fits(
     start_s = float(np.floor((frame["timestamp_s"].min() + offset) / window_s) * window_s - offset) if frame.height else 0.0
     for (model, service), group in frame.select(*GROUP, "timestamp_s").group_by(*GROUP, maintain_order=True):
         names = {"model": model, "service": service}
-        spread = dequantize_timestamps(group["timestamp_s"].to_numpy(), seed=seed)
+        timestamps = group["timestamp_s"].to_numpy()
+        resolution = time_resolution(timestamps)
+        spread = dequantize_timestamps(timestamps, resolution.resolution_s or 0.0, seed=seed)
         table = gamma_fit_per_window(spread, window_s=window_s, min_arrivals=min_arrivals, start_s=start_s,
                                      resolution_s=0)
         windows.append(table.select(*[pl.lit(v, pl.Utf8).alias(k) for k, v in names.items()], pl.all()))
         gaps = np.diff(spread)
         gaps = gaps[gaps > 0]
-        row = {**names, "requests": group.height}
-        if gaps.size >= 2 and np.ptp(gaps) > 0:
+        row = {**names, "requests": group.height, **resolution.to_dict()}
+        try:
             fit = fit_gamma(gaps)
+        except FitError:  # fewer than 2 gaps, or all equal: no Gamma shape, columns left null
+            fit = None
+        if fit is not None:
             row |= {"gamma_alpha": fit.alpha, "gamma_beta_s": fit.beta_s, "gamma_cv": fit.cv,
                     "gamma_ks_stat": fit.ks_stat}
             edges = np.geomspace(gaps.min(), gaps.max() * (1 + 1e-9), gap_bins + 1)
@@ -350,7 +412,7 @@ def arrival_fits(
     fit_columns = {"gamma_alpha": pl.Float64, "gamma_beta_s": pl.Float64, "gamma_cv": pl.Float64,
                    "gamma_ks_stat": pl.Float64}
     summary = pl.DataFrame(overall, schema={"model": pl.Utf8, "service": pl.Utf8, "requests": pl.Int64,
-                                            **fit_columns})
+                                            **RESOLUTION_COLUMNS, **fit_columns})
     fitted = window_table.filter(pl.col("alpha").is_not_null())
     spread_table = fitted.group_by(*GROUP).agg(
         pl.len().alias("windows_fitted"),

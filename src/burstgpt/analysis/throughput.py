@@ -3,14 +3,17 @@
 
 Throughput is tokens per clock hour: the sum of request (prompt) or response tokens of the requests that
 arrived in that hour. Hours with no request count as 0 within the trace's span, so quiet hours pull the
-statistics down as they do in the paper's box plots.
+statistics down as they do in the paper's box plots; hours at the trace's ends that it observed only in part are
+scaled to a full hour, or left out when observed for less than `temporal.MIN_COVERAGE` of it.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from burstgpt.analysis.temporal import GROUP, SECONDS_PER_DAY, SECONDS_PER_HOUR, TimeBins, day_dates, per_period, weekday
+from burstgpt.analysis.temporal import (
+    GROUP, SECONDS_PER_DAY, SECONDS_PER_HOUR, TimeBins, day_dates, per_full_period, per_period, weekday,
+)
 
 THROUGHPUT_KINDS = {"request": "request_tokens", "response": "response_tokens"}
 
@@ -18,20 +21,22 @@ THROUGHPUT_KINDS = {"request": "request_tokens", "response": "response_tokens"}
 def hourly_throughput(bins: TimeBins) -> pl.DataFrame:
     """Tokens per clock hour over the trace's span, zero hours included.
 
-    Columns: model, service, hour_index, day, hour_of_day, requests, request_tokens, response_tokens.
+    Columns: model, service, hour_index, day, hour_of_day, requests, request_tokens, response_tokens, observed_s
+    (seconds of the hour the trace observed).
     """
     return per_period(bins, SECONDS_PER_HOUR, "hour_index").select(
         *GROUP, "hour_index",
         (pl.col("hour_index") // 24).cast(pl.Int32).alias("day"),
         (pl.col("hour_index") % 24).cast(pl.Int8).alias("hour_of_day"),
-        "requests", "request_tokens", "response_tokens",
+        "requests", "request_tokens", "response_tokens", "observed_s",
     )
 
 
 def throughput_box_stats(hourly: pl.DataFrame) -> pl.DataFrame:
     """Box-plot statistics of tokens per hour for each hour of day across days, from `hourly_throughput`.
 
-    Whiskers follow Tukey: the most extreme values within 1.5 IQR of the quartiles.
+    Whiskers follow Tukey: the most extreme values within 1.5 IQR of the quartiles. Hours observed in part are
+    scaled to a full hour or left out (`temporal.per_full_period`); empty when no hour was observed long enough.
     Columns: model, service, kind ('request' or 'response'), hour_of_day, days, mean_tokens_per_hour,
     q1_tokens_per_hour, median_tokens_per_hour, q3_tokens_per_hour, whisker_low_tokens_per_hour,
     whisker_high_tokens_per_hour, outliers.
@@ -39,10 +44,11 @@ def throughput_box_stats(hourly: pl.DataFrame) -> pl.DataFrame:
     if hourly.height == 0:
         return pl.DataFrame()
     long = pl.concat([
-        hourly.select(*GROUP, "hour_of_day", pl.lit(kind).alias("kind"),
-                      pl.col(column).cast(pl.Float64).alias("tokens"))
+        hourly.select(*GROUP, "hour_of_day", pl.lit(kind).alias("kind"), per_full_period(column).alias("tokens"))
         for kind, column in THROUGHPUT_KINDS.items()
-    ])
+    ]).drop_nulls("tokens")
+    if long.height == 0:
+        return pl.DataFrame()
     tokens = pl.col("tokens")
     q1, q3 = tokens.quantile(0.25, "linear"), tokens.quantile(0.75, "linear")
     low, high = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)

@@ -1,1 +1,19 @@
-"""burstgpt.client"""
+"""burstgpt.client: the open-loop load generator for OpenAI-compatible servers.
+
+    from burstgpt.client import EndpointOptions, LoadGenerator, RunOptions
+    result = LoadGenerator(workload, EndpointOptions("http://127.0.0.1:8000"), RunOptions()).run_sync()
+    result.records          # one request record per workload row (burstgpt.records schema)
+
+Modules: `runner` (LoadGenerator, RunOptions, BenchResult), `openai` (EndpointOptions, request bodies, one
+request's lifecycle and its failure class), `sse` (the SSE parser), `scrape` (Prometheus /metrics scraping),
+`prompts` (synthesised prompts of exact builtin-token length), `progress` (the live line).
+"""
+
+from __future__ import annotations
+
+from burstgpt.lazy import lazy_exports
+
+_EXPORTS = {"LoadGenerator": "runner", "RunOptions": "runner", "BenchResult": "runner",
+            "EndpointOptions": "openai"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -19,39 +19,19 @@ from typing import Literal
 
 import aiohttp
 
-from burstgpt.records import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK
+from burstgpt.client.sse import (
+    SSEParser,
+    StreamErrorEvent,
+    StreamFormatError,
+    parse_json_object,
+)
+from burstgpt.records import STATUS_CANCELLED, STATUS_OK, RequestRecord
+from burstgpt.workload.tokenizer import count_tokens
+
+__all__ = ["API_PATHS", "EndpointOptions", "RequestRecord", "RequestSender", "request_body"]
 
 API_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
-_MESSAGE_LIMIT = 300  # characters of a server's error text kept in error_message
 _ERROR_BODY_BYTES = 4096  # bytes of an error response read for the message
-
-
-@dataclass
-class RequestRecord:
-    """One request's outcome; fields and meanings are those of `burstgpt.records.REQUEST_RECORD_SCHEMA`."""
-
-    request_id: int
-    model: str | None
-    service: str | None
-    scheduled_s: float
-    sent_s: float | None = None
-    first_scheduled_s: float | None = None
-    first_token_s: float | None = None
-    end_s: float | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    status: str = STATUS_CANCELLED
-    error_class: str | None = None
-    error_message: str | None = None
-    http_status: int | None = None
-    bytes_received: int = 0
-    preemptions: int | None = None
-    chunk_times_s: list[float] | None = None
-
-    def fail(self, error_class: str, message: str) -> None:
-        self.status = STATUS_FAILED
-        self.error_class = error_class
-        self.error_message = message[:_MESSAGE_LIMIT]
 
 
 @dataclass(frozen=True)
@@ -116,14 +96,6 @@ def request_body(
     return body
 
 
-class _Malformed(Exception):
-    """The response is not the JSON / SSE expected."""
-
-
-class _ErrorEvent(Exception):
-    """The server reported an error inside a 200 response (an SSE error event or an error body)."""
-
-
 class _StreamBroken(Exception):
     """The stream ended cleanly but before `data: [DONE]`."""
 
@@ -172,9 +144,9 @@ class RequestSender:
                 record.fail("timeout", f"request not finished within {self.options.timeout_s:g} s")
         except _StreamBroken:
             record.fail("stream_broken", "stream ended before [DONE]")
-        except _Malformed as exc:
+        except StreamFormatError as exc:
             record.fail("malformed_response", str(exc))
-        except _ErrorEvent as exc:
+        except StreamErrorEvent as exc:
             record.fail("stream_error_event", str(exc))
         except aiohttp.ClientConnectorError as exc:  # before ClientOSError: it is a subclass
             record.fail("connection_refused", _describe(exc))
@@ -209,52 +181,37 @@ class RequestSender:
     async def _read_stream(self, record: RequestRecord, response: aiohttp.ClientResponse, first) -> None:
         loop = self._loop
         chunk_times = [] if self.options.record_chunk_times else None
-        chunks = 0
-        usage = None
-        event = b""
-        done = False
-        try:
-            async for raw in response.content:
-                now = loop.time()
-                record.bytes_received += len(raw)
-                line = raw.strip()
-                if not line:
-                    event = b""  # a blank line ends an SSE event
-                    continue
-                if line.startswith(b":"):  # SSE comment / keep-alive
-                    continue
-                name, _, value = line.partition(b":")
-                value = value.strip()
-                if name == b"event":
-                    event = value
-                    continue
-                if name in (b"id", b"retry"):
-                    continue
-                if name != b"data":
-                    raise _Malformed(f"not an SSE line: {line[:80].decode(errors='replace')!r}")
-                if value == b"[DONE]":
-                    done = True
-                    break
-                obj = _json_object(value, "SSE data", error_event=event == b"error")
-                if obj.get("usage"):
-                    usage = obj["usage"]
-                choices = obj.get("choices")
-                if choices is None:
-                    if usage is None:
-                        raise _Malformed("SSE chunk has neither choices nor usage")
-                    continue
-                if _has_text(choices):
-                    chunks += 1
+        parser = SSEParser()
+        state = {"chunks": 0, "usage": None}
+
+        def take(events, now: float) -> bool:
+            """Account for parsed events; True at the end marker."""
+            for event in events:
+                if event.usage is not None:
+                    state["usage"] = event.usage
+                if event.done:
+                    return True
+                if event.has_text:
+                    state["chunks"] += 1
                     if record.first_token_s is None:
                         first(now)
                     if chunk_times is not None:
                         chunk_times.append(now - self.t0)
-        except ValueError as exc:  # aiohttp: a line longer than the read buffer
-            raise _Malformed(f"unreadable stream: {exc}") from None
+            return False
+
+        done = False
+        try:
+            async for data in response.content.iter_any():
+                record.bytes_received += len(data)
+                if take(parser.feed(data), loop.time()):
+                    done = True
+                    break
+            else:
+                done = take(parser.close(), loop.time())
         finally:
             record.chunk_times_s = chunk_times
-            record.output_tokens = chunks
-            _apply_usage(record, usage)
+            record.output_tokens = state["chunks"]
+            _apply_usage(record, state["usage"])
         if not done:
             raise _StreamBroken()
         record.status = STATUS_OK
@@ -262,38 +219,27 @@ class RequestSender:
     async def _read_body(self, record: RequestRecord, response: aiohttp.ClientResponse) -> None:
         data = await response.read()
         record.bytes_received += len(data)
-        obj = _json_object(data, "response")
-        if not isinstance(obj.get("choices"), list) or not obj["choices"]:
-            raise _Malformed("response has no choices")
-        record.output_tokens = None  # unknown without the server's usage (no tokenizer on the client)
+        obj = parse_json_object(data, "response")
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise StreamFormatError("response has no choices")
+        # Without the server's usage, the output is counted with the builtin tokenizer (an estimate).
+        record.output_tokens = count_tokens(_response_text(choices))
         _apply_usage(record, obj.get("usage"))
         record.status = STATUS_OK
 
 
-def _json_object(data: bytes, what: str, *, error_event: bool = False) -> dict:
-    """Parse a JSON object from the server; raise _Malformed if it is not one, _ErrorEvent if it reports an
-    error (an `error` member, or an SSE `event: error`)."""
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        raise _Malformed(f"{what} is not JSON: {data[:80].decode(errors='replace')!r}") from None
-    if not isinstance(obj, dict):
-        raise _Malformed(f"{what} is not a JSON object")
-    if error_event or obj.get("error"):
-        raise _ErrorEvent(_error_text(obj))
-    return obj
-
-
-def _has_text(choices: list) -> bool:
+def _response_text(choices: list) -> str:
+    """The output text of a non-streamed response's choices (completions `text`, chat `message.content`)."""
+    parts = []
     for choice in choices:
         if not isinstance(choice, dict):
-            raise _Malformed("choice is not a JSON object")
-        if choice.get("text"):
-            return True
-        delta = choice.get("delta")
-        if isinstance(delta, dict) and (delta.get("content") or delta.get("reasoning_content")):
-            return True
-    return False
+            raise StreamFormatError("choice is not a JSON object")
+        message = choice.get("message")
+        text = choice.get("text") or (message.get("content") if isinstance(message, dict) else None)
+        if isinstance(text, str):
+            parts.append(text)
+    return "".join(parts)
 
 
 def _apply_usage(record: RequestRecord, usage) -> None:
@@ -304,13 +250,6 @@ def _apply_usage(record: RequestRecord, usage) -> None:
         record.input_tokens = usage["prompt_tokens"]
     if isinstance(usage.get("completion_tokens"), int):
         record.output_tokens = usage["completion_tokens"]
-
-
-def _error_text(obj: dict) -> str:
-    error = obj.get("error", obj)
-    if isinstance(error, dict):
-        return str(error.get("message") or error)
-    return str(error)
 
 
 def _describe(exc: BaseException) -> str:

@@ -5,16 +5,22 @@ accumulated sleeps, so lateness does not build up); the dispatcher sleeps until 
 every request already due, whatever the ones in flight are doing. `max_concurrency` turns this into a
 closed loop: a request then also waits for a free slot, and the wait shows as dispatch lag.
 
+Start: the workload is checked (`validate_workload`: finite, sorted arrivals) and the server probed at
+`/v1/models` (which also names the model when none is given); nothing listening there is a `BurstGPTError`,
+before any request is scheduled.
+
 Stopping (Ctrl-C / SIGTERM, or the `stop` event): no new request is sent; in-flight ones get `grace_s`
-seconds to finish (a second signal ends the grace at once); the rest are cancelled. Requests never sent are
-recorded as cancelled with a null `sent_s`. Every workload row yields exactly one record.
+seconds to finish (a second signal ends the grace at once); the rest are `cancelled`. Requests never sent are
+recorded as `not_sent` with a null `sent_s`. Every workload row yields exactly one record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,16 +31,27 @@ from pathlib import Path
 import aiohttp
 import polars as pl
 
-from burstgpt.client.openai import EndpointOptions, RequestRecord, RequestSender, request_body
+from burstgpt.client.openai import EndpointOptions, RequestSender, request_body
 from burstgpt.client.progress import ProgressDisplay
 from burstgpt.client.prompts import PromptSynthesizer
-from burstgpt.client.records_io import RecordWriter, read_records_jsonl
 from burstgpt.client.scrape import ServerMetricsScraper
 from burstgpt.errors import BurstGPTError
-from burstgpt.records import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK, conform_request_records
-from burstgpt.workload.schema import conform_workload
+from burstgpt.records import (
+    STATUS_FAILED,
+    STATUS_NOT_SENT,
+    STATUS_OK,
+    RecordWriter,
+    RequestRecord,
+    conform_request_records,
+    read_records_jsonl,
+)
+from burstgpt.workload.schema import conform_workload, validate_workload
 
 _START_LEAD_S = 0.05  # schedule time 0 is this long after the run's set-up starts
+_PROBE_TIMEOUT_S = 10.0  # how long the start-up probe of /v1/models may take
+#: `owned_by` of the models burstgpt's own simulated server (`burstgpt serve-sim`) lists.
+SIM_SERVER_OWNER = "burstgpt"
+NOT_SENT_MESSAGE = "not sent: run stopped first"
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,7 @@ class RunOptions:
     metrics_url: str | None = None  # Prometheus endpoint; None: no scraping
     scrape_interval_s: float = 1.0
     progress: bool = True  # live progress on stderr (only when it is a terminal)
+    check_server: bool = True  # probe /v1/models first; refuse to start when nothing listens
 
 
 @dataclass
@@ -84,6 +102,7 @@ class BenchResult:
     wall_duration_s: float
     model: str | None
     warnings: list[str] = field(default_factory=list)
+    sim_server: bool = False  # the server is burstgpt's simulated one (`burstgpt serve-sim`)
 
 
 class LoadGenerator:
@@ -93,16 +112,25 @@ class LoadGenerator:
         self,
         workload: pl.DataFrame,
         endpoint: EndpointOptions,
-        options: RunOptions,
+        options: RunOptions | None = None,
         *,
-        headers: dict[str, str],
-        records_path: str | Path,
+        headers: dict[str, str] | None = None,
+        records_path: str | Path | None = None,
         warn: Callable[[str], None] = lambda message: None,
+        workload_source: str = "workload",
     ) -> None:
-        self.workload = conform_workload(workload)
+        """`workload`: a workload table (`burstgpt.workload.schema`), checked here (InputError naming
+        `workload_source`, row and column for a non-finite or decreasing arrival_s, ...). `headers`: extra
+        HTTP headers (the API key's Authorization goes here, never into options). `records_path`: the JSONL
+        file records are appended to as requests end (None: a temporary file, removed after the run)."""
+        self.workload = validate_workload(conform_workload(workload), workload_source)
         self.endpoint = endpoint
-        self.options = options
-        self.headers = headers
+        self.options = options or RunOptions()
+        self.headers = dict(headers or {})
+        self._temporary_records = records_path is None
+        if records_path is None:
+            handle, records_path = tempfile.mkstemp(prefix="burstgpt-records-", suffix=".jsonl")
+            os.close(handle)
         self.records_path = Path(records_path)
         self.warnings: list[str] = []
         self._warn_sink = warn
@@ -157,8 +185,13 @@ class LoadGenerator:
             trust_env=False,
         ) as session:
             model = self.options.model
-            if model is None and self.workload["model"].null_count():
-                model = await _first_served_model(session, self.endpoint, self.headers)
+            needs_model = model is None and self.workload["model"].null_count() > 0
+            served: list[dict] | None = None
+            if self.options.check_server or needs_model:
+                served = await _served_models(session, self.endpoint, self.headers, required=needs_model)
+            if needs_model:
+                model = str(served[0]["id"])
+            sim_server = any(entry.get("owned_by") == SIM_SERVER_OWNER for entry in served or [])
             writer = RecordWriter(self.records_path)
             display = ProgressDisplay(enabled=self.options.progress)
             # Objects alive now (imports, the workload's lists) never need collecting: freezing them keeps
@@ -190,6 +223,8 @@ class LoadGenerator:
                 writer.close()
                 gc.unfreeze()
         records = read_records_jsonl(self.records_path)
+        if self._temporary_records:
+            self.records_path.unlink(missing_ok=True)
         unsent = self._unsent_records(records, model)
         records = pl.concat([records, conform_request_records(unsent)]).sort("request_id")
         return BenchResult(
@@ -201,6 +236,7 @@ class LoadGenerator:
             wall_duration_s=time.perf_counter() - wall_start,
             model=model,
             warnings=self.warnings,
+            sim_server=sim_server,
         )
 
     async def _dispatch_and_drain(self, session, writer: RecordWriter, t0: float, model: str | None) -> None:
@@ -241,9 +277,9 @@ class LoadGenerator:
                 )
                 await sender.send(record, body)
             finally:
-                if record.end_s is None:  # cancelled before the sender could record it
-                    record.end_s = loop.time() - t0
-                    record.error_message = "cancelled: run stopped before the request ended"
+                if record.sent_s is None:  # stopped before it was handed to the sender
+                    record.status = STATUS_NOT_SENT
+                    record.error_message = NOT_SENT_MESSAGE
                 writer.write(record)
                 if record.status == STATUS_OK:
                     counters.succeeded += 1
@@ -311,7 +347,7 @@ class LoadGenerator:
 
     def _unsent_records(self, records: pl.DataFrame, model: str | None) -> pl.DataFrame:
         """Records for the workload rows without one: never sent because the run stopped first (or a task
-        cancelled before it ever ran). Status cancelled, sent_s null."""
+        cancelled before it ever ran). Status not_sent, sent_s null."""
         rest = self.workload.join(records.select("request_id"), on="request_id", how="anti")
         return rest.select(
             pl.col("request_id"),
@@ -319,8 +355,8 @@ class LoadGenerator:
             pl.col("service"),
             pl.col("arrival_s").alias("scheduled_s"),
             pl.col("input_tokens"),
-            pl.lit(STATUS_CANCELLED).alias("status"),
-            pl.lit("not sent: run stopped first").alias("error_message"),
+            pl.lit(STATUS_NOT_SENT).alias("status"),
+            pl.lit(NOT_SENT_MESSAGE).alias("error_message"),
             pl.lit(0, dtype=pl.Int64).alias("bytes_received"),
         )
 
@@ -338,15 +374,29 @@ def _raise_open_files_limit() -> None:
         pass
 
 
-async def _first_served_model(session: aiohttp.ClientSession, endpoint: EndpointOptions, headers: dict) -> str:
-    """The first model id the server lists at /v1/models (for runs without --model)."""
+async def _served_models(
+    session: aiohttp.ClientSession, endpoint: EndpointOptions, headers: dict, *, required: bool
+) -> list[dict] | None:
+    """The server's /v1/models entries (a list of dicts with `id`, maybe `owned_by`), probed before the run.
+
+    Nothing listening (connection refused, unknown host) is a `BurstGPTError`: a run that cannot start must not
+    be recorded as one. Any other failure (an HTTP error, a timeout, not the OpenAI JSON) gives None, or a
+    `BurstGPTError` when `required` (no --model given, so the server must name one).
+    """
     base = endpoint.url.split("/v1/")[0]
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
             async with session.get(f"{base}/v1/models", headers=headers) as response:
                 response.raise_for_status()
                 data = await response.json(content_type=None)
-        return str(data["data"][0]["id"])
-    except Exception as exc:  # any failure: the user must name the model
-        raise BurstGPTError(f"no --model given and {base}/v1/models did not name one ({exc.__class__.__name__}: "
-                            f"{exc}); pass --model") from None
+        entries = [entry for entry in data["data"] if isinstance(entry, dict) and "id" in entry]
+        if not entries:
+            raise ValueError("no models listed")
+        return entries
+    except aiohttp.ClientConnectorError as exc:
+        raise BurstGPTError(f"no server at {base}: {exc.__class__.__name__}: {exc}") from None
+    except Exception as exc:  # any other failure: only fatal when the server must name the model
+        if required:
+            raise BurstGPTError(f"no --model given and {base}/v1/models did not name one "
+                                f"({exc.__class__.__name__}: {exc}); pass --model") from None
+        return None

@@ -39,14 +39,14 @@ def register(subparsers) -> None:
     parser.add_argument("--end", type=float, default=None, metavar="SECONDS",
                         help="analyse only requests before this trace time, seconds")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed for spreading whole-second timestamps within their second (default 0)")
+                        help="seed for spreading tied timestamps within their recording resolution (default 0)")
     parser.add_argument("--no-figures", action="store_true", help="write tables and summary.json only")
     add_trace_input_arguments(parser)
     parser.set_defaults(func=_analyze)
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from burstgpt.analysis import Characterisation, characterise
+    from burstgpt.analysis import characterise
     from burstgpt.report.trace_figures import write_analysis
     console = Console()
     started = time.perf_counter()
@@ -65,6 +65,7 @@ def _analyze(args: argparse.Namespace) -> int:
         )
         summary_path = write_analysis(result, Path(args.outdir), figures=not args.no_figures, progress=step)
     console.print(summary_table(result))
+    console.print(timestamps_note(result.timestamps))
     console.print(f"wrote {summary_path.parent}/ (summary.json, {len(result.tables())} tables"
                   + ("" if args.no_figures else ", figures") + f") in {time.perf_counter() - started:.1f} s")
     return 0
@@ -99,6 +100,18 @@ def summary_table(result: Characterisation) -> Table:
             _number(periodicity, "{:.2f}"), _number(bursts), _number(alpha, "{:.3f}"), _number(theta, "{:.3f}"),
         )
     return table
+
+
+def timestamps_note(timestamps: dict) -> str:
+    """One line on how the trace's timestamps were recorded and what the arrival fits did about ties
+    (`Characterisation.timestamps`)."""
+    tied = 100 * (timestamps.get("tied_arrival_fraction") or 0.0)
+    resolution = timestamps.get("time_resolution_s")
+    if resolution is None:
+        return f"timestamps: continuous, {tied:.1f}% tied" + ("; tied gaps left out of the Gamma fits" if tied else "")
+    how = "gap quantum" if timestamps.get("time_resolution_method") == "gap quantum" else "all multiples"
+    return (f"timestamps: every {resolution:g} s ({how}), {tied:.1f}% tied; spread within {resolution:g} s "
+            "before the Gamma fits")
 
 
 def _number(value, fmt: str = "{:.1f}") -> str:

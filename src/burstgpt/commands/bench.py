@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,9 +20,8 @@ from burstgpt.commands.workload import add_generation_arguments, workload_from_a
 from burstgpt.errors import BurstGPTError
 from burstgpt.metrics.requests import parse_slo
 from burstgpt.outputs import write_json_atomic
+from burstgpt.records import CONFIG_FILE, RECORDS_JSONL, WORKLOAD_FILE, new_run_id, prepare_run_directory
 from burstgpt.workload.io import write_workload
-
-WORKLOAD_FILE = "workload.parquet"
 #: Header names whose values are never written to config.json.
 _SECRET_HEADER_WORDS = ("authorization", "key", "token", "secret", "cookie", "password")
 
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
         "--max-concurrency), record one row per request, scrape the server's /metrics, and write a run "
         "directory (config.json, requests.parquet, timeseries.csv, server_metrics.csv, summary.json, "
         "timeline.png). Ctrl-C stops sending, lets in-flight requests finish for --grace seconds and still "
-        "writes a valid summary.",
+        "writes a valid summary. A non-empty run directory is refused unless --overwrite.",
     )
     add_bench_arguments(parser)
     parser.set_defaults(func=run)
@@ -80,7 +81,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                           help="after Ctrl-C/SIGTERM, seconds in-flight requests may finish (default: 5)")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/bench-<UTC time>)")
+    out.add_argument("-o", "--out", metavar="RUN_DIR", help="run directory (default: runs/bench-<UTC time>)")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace the run in a non-empty RUN_DIR (its files are removed first)")
     out.add_argument("--metrics-url", help="Prometheus endpoint (default: <url's scheme://host:port>/metrics)")
     out.add_argument("--no-server-metrics", action="store_true", help="do not scrape /metrics")
     out.add_argument("--scrape-interval", type=float, default=1.0, metavar="S",
@@ -121,7 +124,8 @@ def _metrics_url(url: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from burstgpt.client.runner import LoadGenerator, RunOptions
-    from burstgpt.report.rundir import CONFIG_FILE, RECORDS_JSONL, write_run_directory
+    from burstgpt.records import remove_run_files
+    from burstgpt.report.rundir import write_run_directory
     from burstgpt.report.tables import summary_table
     try:
         extra_body = json.loads(args.extra_body)
@@ -147,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if workload.height == 0:
         raise BurstGPTError("the workload has no requests to send (check --duration / --num-requests)")
     run_dir = Path(args.out or f"runs/bench-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}")
+    created_dir = not run_dir.exists()
     endpoint = EndpointOptions(
         base_url=args.url,
         api=args.endpoint,
@@ -172,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     )
     config = {
         "command": "bench",
+        "producer": "bench",  # "serve-sim+bench" once the server is known to be burstgpt serve-sim
+        "run_id": new_run_id(),
         "burstgpt_version": __version__,
         "url": args.url,
         "endpoint_url": endpoint.url,
@@ -200,37 +207,64 @@ def run(args: argparse.Namespace) -> int:
         "step_s": args.step,
         "slo": slo or None,
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / CONFIG_FILE, config)  # now, so even a killed run says how it was started
-    write_workload(workload, run_dir / WORKLOAD_FILE)  # the exact requests, for a rerun with --workload
     err = Console(stderr=True)
 
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/] {message}", highlight=False)
 
+    # Checks the workload (finite, sorted arrivals) before anything is written.
     generator = LoadGenerator(workload, endpoint, options, headers=headers, records_path=run_dir / RECORDS_JSONL,
-                              warn=warn)
-    result = generator.run_sync()
+                              warn=warn, workload_source=args.workload or "the generated workload")
+    prepare_run_directory(run_dir, overwrite=args.overwrite)
+    write_json_atomic(run_dir / CONFIG_FILE, config)  # now, so even a killed run says how it was started
+    write_workload(workload, run_dir / WORKLOAD_FILE)  # the exact requests, for a rerun with --workload
+    try:
+        result = generator.run_sync()
+    except BurstGPTError:  # a failed start (no server): leave nothing that looks like a run
+        remove_run_files(run_dir)
+        if created_dir:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     config["model_used"] = result.model
-    summary = write_run_directory(
-        run_dir,
-        result.records,
-        config=config,
-        server_metrics=result.server_metrics,
-        window_s=args.window,
-        step_s=args.step,
-        slo=slo,
-        run_info={
-            "started_at_utc": result.started_at_utc,
-            "wall_duration_s": result.wall_duration_s,
-            "interrupted": result.interrupted,
-            "stop_reason": result.stop_reason,
-            "warnings": result.warnings,
-        },
-    )
+    with _signals_deferred() as deferred:  # a signal now would leave no summary: finish writing first
+        summary = write_run_directory(
+            run_dir,
+            result.records,
+            config=config,
+            server_metrics=result.server_metrics,
+            window_s=args.window,
+            step_s=args.step,
+            slo=slo,
+            run_info={
+                "started_at_utc": result.started_at_utc,
+                "wall_duration_s": result.wall_duration_s,
+                "interrupted": result.interrupted,
+                "stop_reason": result.stop_reason,
+                "warnings": result.warnings,
+            },
+            producer="serve-sim+bench" if result.sim_server else "bench",
+        )
     if not args.quiet:
         Console().print(summary_table(summary, title=f"burstgpt bench: {run_dir}"))
-    if not summary["requests"]["balanced"]:  # would be a bug in the client: say so loudly
+    if not summary.requests.balanced:  # would be a bug in the client: say so loudly
         print("burstgpt: error: request accounting does not balance; see summary.json", file=sys.stderr)
         return 1
-    return 130 if result.interrupted else 0
+    return 130 if result.interrupted or deferred else 0
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM while the block runs; yields a list that gets the names of signals received."""
+    received: list[str] = []
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda number, frame: received.append(signal.Signals(number).name))
+    except ValueError:  # not the main thread: signals cannot be handled here anyway
+        pass
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

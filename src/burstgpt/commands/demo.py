@@ -84,13 +84,13 @@ def run_demo(args: argparse.Namespace) -> int:
     engine = ["--gpu", "A800-80GB", "--model", "Llama-2-7B-chat", "--num-gpu-blocks", "1000", "--seed",
               str(args.seed)]
     _step("6. simulate a vLLM-like engine offline", ["simulate", "--workload", str(workload), "-o", str(sim_dir),
-                                                     *engine])
+                                                     "--overwrite", *engine])
     run_dirs = [sim_dir]
     if not args.skip_bench:
         bench_dir = out / "bench"
         with _serve_sim(engine) as url:
             _step("7. send the same workload to serve-sim over HTTP, open loop",
-                  ["bench", "--url", url, "--workload", str(workload), "--out", str(bench_dir), "--quiet"])
+                  ["bench", "--url", url, "--workload", str(workload), "--out", str(bench_dir), "--overwrite", "--quiet"])
         run_dirs.append(bench_dir)
         _step("8. compare the simulated and the measured run",
               ["report", *map(str, run_dirs), "--out", str(out / "comparison")])

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
                         help="window of the instantaneous metrics, seconds (default: the run's, else 10)")
     parser.add_argument("--step", type=float, metavar="S", help="window step; < --window gives sliding windows")
     parser.add_argument("--slo", help="goodput SLOs, seconds, e.g. ttft=2,tpot=0.1 (default: the run's)")
-    parser.add_argument("--out", default="burstgpt-comparison", metavar="DIR",
+    parser.add_argument("-o", "--out", default="burstgpt-comparison", metavar="DIR",
                         help="comparison output directory (several runs; default: burstgpt-comparison)")
     parser.set_defaults(func=run)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 
-from burstgpt.commands.simulate import add_engine_arguments, engine_setup_from_args
+from burstgpt.commands.simulate import add_engine_arguments, engine_setup_from_args, print_engine_settings
 from burstgpt.errors import BurstGPTError
 from burstgpt.sim.output_lengths import parse_output_length_model
 
@@ -20,8 +21,12 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     parser.add_argument("--served-model-name", default=None, help="model name clients use (default: --model)")
-    parser.add_argument("--time-scale", type=float, default=1.0,
-                        help="wall seconds per simulated second (default 1; 0.5 runs twice as fast)")
+    parser.add_argument("--time-scale", type=float, default=1.0, metavar="K",
+                        help="run K times faster than real time: K simulated seconds per wall second, as "
+                        "`workload --time-scale K` compresses time (default 1)")
+    parser.add_argument("--tokenizer", default="builtin", metavar="SPEC",
+                        help="how prompt tokens are counted: builtin (default), a tokenizer.json file or a locally "
+                        "cached transformers tokenizer name")
     parser.add_argument("--seed", type=int, default=0, help="seed of the output-length draws (default 0)")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
     faults = parser.add_argument_group("fault injection (each drawn per request, seeded by --fault-seed)")
@@ -40,26 +45,29 @@ def register(subparsers) -> None:
 
 def run_serve_sim(args: argparse.Namespace) -> int:
     from burstgpt.server.app import FaultOptions, ServerOptions, serve
+    from burstgpt.workload.tokenizer import load_tokenizer
 
-    if not args.time_scale > 0:
-        raise BurstGPTError("--time-scale must be positive")
+    if not (args.time_scale > 0 and math.isfinite(args.time_scale)):
+        raise BurstGPTError(f"--time-scale must be a positive number, got {args.time_scale}")
     if not 0 <= args.port <= 65535:
         raise BurstGPTError("--port must be in 0..65535")
     rates = ("fault_error_rate", "fault_drop_rate", "fault_stall_rate", "fault_slow_first_token_rate")
     for name in rates:
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise BurstGPTError(f"--{name.replace('_', '-')} must be within 0..1")
+    tokenizer = load_tokenizer(args.tokenizer)
     setup = engine_setup_from_args(args)
     options = ServerOptions(
         setup=setup, host=args.host, port=args.port, served_model_name=args.served_model_name,
         time_scale=args.time_scale, output_lengths=parse_output_length_model(args.output_lengths), seed=args.seed,
-        api_key=args.api_key, max_queue=args.max_queue,
+        api_key=args.api_key, max_queue=args.max_queue, tokenizer=tokenizer,
         faults=FaultOptions(
             error_rate=args.fault_error_rate, drop_rate=args.fault_drop_rate, stall_rate=args.fault_stall_rate,
             stall_s=args.fault_stall_s, slow_first_token_rate=args.fault_slow_first_token_rate,
             slow_first_token_s=args.fault_slow_first_token_s, seed=args.fault_seed,
         ),
     )
+    print_engine_settings(setup, args)
     try:
         asyncio.run(serve(options))
     except OSError as exc:

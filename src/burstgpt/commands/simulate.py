@@ -1,6 +1,7 @@
 """`burstgpt simulate`: run a workload through the simulated engine offline and write a run directory.
 
-Also home of the engine flags shared with `serve-sim` (`add_engine_arguments`, `engine_setup_from_args`).
+Also home of the engine flags shared with `serve-sim` (`add_engine_arguments`, `engine_spec_from_args`,
+`engine_setup_from_args`).
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from burstgpt.errors import BurstGPTError
 from burstgpt.outputs import atomic_path
-from burstgpt.sim.hardware import GPU_PRESETS, MODEL_PRESETS, parse_linear_coefficients
+from burstgpt.sim.hardware import GPU_PRESETS, MODEL_PRESETS
+from burstgpt.sim.latency import parse_linear_coefficients
 from burstgpt.sim.output_lengths import DEFAULT_OUTPUT_LENGTH_SPEC, parse_output_length_model
 from burstgpt.sim.simulate import (
     EngineSetup,
+    EngineSpec,
     build_engine_setup,
     server_metrics_from_steps,
     simulate_workload,
@@ -29,9 +31,12 @@ from burstgpt.sim.simulate import (
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """Engine, hardware and latency flags (one argument group)."""
     g = parser.add_argument_group("simulated engine")
-    g.add_argument("--gpu", default="A800-80GB", help=f"GPU preset: {', '.join(GPU_PRESETS)} (default A800-80GB)")
+    g.add_argument("--gpu", default="A800-80GB",
+                   help=f"GPU preset (or an unambiguous prefix, any case): {', '.join(GPU_PRESETS)} "
+                   "(default A800-80GB)")
     g.add_argument("--model", default="Llama-2-13B-chat",
-                   help=f"model preset: {', '.join(MODEL_PRESETS)} (default Llama-2-13B-chat)")
+                   help=f"model preset (or an unambiguous prefix, any case): {', '.join(MODEL_PRESETS)} "
+                   "(default Llama-2-13B-chat)")
     g.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV-cache blocks, like vLLM's --num-gpu-blocks-override (default: from GPU memory)")
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default 16)")
@@ -40,7 +45,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", type=int, default=256, help="most requests in a batch (default 256)")
     g.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="token budget per step, chunked prefill (default 2048)")
-    g.add_argument("--max-model-len", type=int, default=None, help="context length, tokens (default: the model's)")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context length, tokens: prompt + output never exceed it (default: the model preset's)")
     g.add_argument("--timeout", type=float, default=30.0,
                    help="server timeout, seconds: unfinished requests are aborted (default 30; 0 = none)")
     g.add_argument("--max-queue", type=int, default=None,
@@ -55,16 +61,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    f"exponential:MEAN, uniform:LOW,HIGH or fixed:N (default {DEFAULT_OUTPUT_LENGTH_SPEC})")
 
 
-def engine_setup_from_args(args: argparse.Namespace) -> EngineSetup:
-    """The engine set-up the flags of `add_engine_arguments` describe."""
-    for name in ("num_gpu_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise BurstGPTError(f"--{name.replace('_', '-')} must be positive")
+def engine_spec_from_args(args: argparse.Namespace) -> EngineSpec:
+    """The `EngineSpec` the flags of `add_engine_arguments` describe."""
     if args.timeout < 0:
         raise BurstGPTError("--timeout must not be negative")
-    return build_engine_setup(
-        gpu=args.gpu, model=args.model, num_blocks=args.num_gpu_blocks, block_size=args.block_size,
+    return EngineSpec(
+        gpu=args.gpu, model=args.model, num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size,
         gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         timeout_s=args.timeout or None, max_queue=args.max_queue,
@@ -74,19 +76,17 @@ def engine_setup_from_args(args: argparse.Namespace) -> EngineSetup:
     )
 
 
-def engine_config_json(setup: EngineSetup, args: argparse.Namespace) -> dict:
-    """The engine part of a run's config.json."""
-    config = setup.config
-    return {
-        "gpu": setup.gpu_name, "model": setup.model_name, "num_gpu_blocks": config.num_gpu_blocks,
-        "block_size": config.block_size, "max_num_seqs": config.max_num_seqs,
-        "max_num_batched_tokens": config.max_num_batched_tokens, "max_model_len": config.max_model_len,
-        "timeout_s": config.timeout_s, "max_queue": config.max_queue,
-        "latency": type(setup.latency).__name__,
-        "latency_coefficients": args.latency_coefficients,
-        "compute_efficiency": args.compute_efficiency, "memory_efficiency": args.memory_efficiency,
-        "step_overhead_s": args.step_overhead, "output_lengths": args.output_lengths,
-    }
+def engine_setup_from_args(args: argparse.Namespace) -> EngineSetup:
+    """The engine set-up the flags describe."""
+    return build_engine_setup(engine_spec_from_args(args))
+
+
+def print_engine_settings(setup: EngineSetup, args: argparse.Namespace) -> None:
+    """Say (stderr) which presets a name or prefix chose and the engine settings in use."""
+    for flag, asked, chosen in (("--gpu", args.gpu, setup.gpu_name), ("--model", args.model, setup.model_name)):
+        if asked != chosen:
+            print(f"{flag} {asked}: using preset {chosen}", file=sys.stderr)
+    print(setup.describe(), file=sys.stderr, flush=True)
 
 
 def register(subparsers) -> None:
@@ -99,6 +99,8 @@ def register(subparsers) -> None:
         "replica and write a run directory like `bench` (plus steps.parquet), for `burstgpt report`.",
     )
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="run directory to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in a non-empty --out (default: refuse it)")
     add_generation_arguments(parser)
     add_engine_arguments(parser)
     parser.add_argument("--metrics-interval", type=float, default=1.0,
@@ -109,55 +111,23 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_simulate)
 
 
-def downsample_server_metrics(steps: pl.DataFrame, num_gpu_blocks: int, interval_s: float) -> pl.DataFrame:
-    """Server metrics at most once per `interval_s` of simulated time, as a scrape would see them: the values at
-    the end of the interval's last step, plus `kv_cache_usage_peak` (the interval's highest KV usage, 0-1)."""
-    if interval_s <= 0:
-        raise BurstGPTError("--metrics-interval must be positive")
-    end_s = steps["time_s"].to_numpy() + steps["duration_s"].to_numpy()  # as `server_metrics_from_steps`
-    bucket = np.floor(end_s / interval_s)
-    if steps.height and np.all(bucket[1:] >= bucket[:-1]):
-        # Step ends do not go back (the usual case): each interval is one contiguous block of rows, and its values
-        # are taken from its last row (the counters as per-interval sums, accumulated), without a per-step table.
-        first_rows = np.flatnonzero(np.concatenate([[True], bucket[1:] != bucket[:-1]]))
-        last_rows = np.append(first_rows[1:] - 1, steps.height - 1)
-        kv_blocks = steps["kv_blocks_used"].to_numpy()
-
-        def total(name: str) -> np.ndarray:
-            return np.cumsum(np.add.reduceat(steps[name].to_numpy(), first_rows, dtype=np.int64))
-
-        # Usage fractions divided by Polars, as `server_metrics_from_steps` (the max commutes with the division).
-        return pl.DataFrame({
-            "time_s": end_s[last_rows],
-            "kv_cache_usage_perc": pl.Series(kv_blocks[last_rows]) / num_gpu_blocks,
-            "num_requests_running": steps["num_running"].to_numpy()[last_rows].astype(np.int64),
-            "num_requests_waiting": steps["num_waiting"].to_numpy()[last_rows].astype(np.int64),
-            "num_preemptions_total": total("preemptions"),
-            "prompt_tokens_total": total("prompt_tokens"),
-            "generation_tokens_total": total("generated_tokens"),
-            "kv_cache_usage_peak": pl.Series(np.maximum.reduceat(kv_blocks, first_rows)) / num_gpu_blocks,
-        })
-    per_step = server_metrics_from_steps(steps, num_gpu_blocks)
-    return (
-        per_step.with_columns(pl.Series("_bucket", bucket))
-        .group_by("_bucket", maintain_order=True)
-        .agg(
-            *[pl.col(name).last() for name in per_step.columns],
-            pl.col("kv_cache_usage_perc").max().alias("kv_cache_usage_peak"),
-        )
-        .drop("_bucket")
-    )
-
-
 def run_simulate(args: argparse.Namespace) -> int:
     from burstgpt.commands.workload import workload_from_args
+    from burstgpt.records import prepare_run_directory
+    from burstgpt.records.rundir import STEPS_FILE
     from burstgpt.report.rundir import write_run_directory
 
+    if not args.metrics_interval > 0:
+        raise BurstGPTError(f"--metrics-interval must be positive, got {args.metrics_interval}")
     setup = engine_setup_from_args(args)
     output_model = parse_output_length_model(args.output_lengths)
     workload = workload_from_args(args)
     if workload.height == 0:
         raise BurstGPTError("the workload has no requests")
+    print_engine_settings(setup, args)
+    # As for bench: a non-empty --out is refused unless --overwrite, and then the old summary goes first, so
+    # an interrupted run never leaves the directory looking complete.
+    prepare_run_directory(args.out, overwrite=args.overwrite)
     progress = _progress_bar(workload.height)
     started = time.perf_counter()
     try:
@@ -169,22 +139,24 @@ def run_simulate(args: argparse.Namespace) -> int:
         if progress:
             progress.close()
     wall_s = time.perf_counter() - started
-    server_metrics = downsample_server_metrics(result.steps, setup.config.num_gpu_blocks, args.metrics_interval)
+    server_metrics = server_metrics_from_steps(result.steps, setup.config.num_gpu_blocks, args.metrics_interval)
     config = {
-        "kind": "simulate",
+        "producer": "simulate",
         "workload": str(Path(args.workload).resolve()) if args.workload else None,
         "num_requests": workload.height,
         "seed": args.seed,
-        **engine_config_json(setup, args),
+        **setup.to_dict(),
+        "output_lengths": args.output_lengths,
     }
     # steps.parquet can hold tens of millions of rows (about 40 per request): it is written on a second thread
     # (Polars releases the GIL) while the rest of the run directory is, and with LZ4, which writes it about twice
     # as fast as zstd (the run directory's default) for a file about 1.5x larger.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        steps_written = pool.submit(_write_steps, result.steps, Path(args.out) / "steps.parquet")
+        steps_written = pool.submit(_write_steps, result.steps, Path(args.out) / STEPS_FILE)
         write_run_directory(
             args.out, result.records, config=config, server_metrics=server_metrics, window_s=args.window,
             run_info={"simulated": True, "steps": result.steps.height, "wall_s": round(wall_s, 3)},
+            producer="simulate",
         )
         steps_written.result()
     ok = int((result.records["status"] == "ok").sum())

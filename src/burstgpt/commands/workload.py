@@ -1,50 +1,44 @@
 """`burstgpt workload fit | generate | inspect`, and the generation flags that `bench` and `simulate` reuse.
 
-Stable API for other commands:
+The flags are only a front for `burstgpt.workload.spec.WorkloadSpec` / `build_workload`:
     add_generation_arguments(parser)   adds every workload generation flag (including --workload FILE)
-    workload_from_args(args) -> pl.DataFrame   builds (or reads) the workload those flags describe
+    spec_from_args(args) -> WorkloadSpec       the spec those flags describe
+    workload_from_args(args) -> pl.DataFrame   reads --workload FILE, or builds the spec's workload
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from burstgpt.errors import BurstGPTError, InputError
-from burstgpt.trace.schema import Trace
-from burstgpt.workload.arrivals import (
-    SHAPES,
-    ParamSchedule,
-    constant_arrivals,
-    mirror_schedule,
-    schedule_from_table,
-    scheduled_arrivals,
-    shape_values,
-)
-from burstgpt.workload.generate import (
-    ResponseSpec,
-    assemble_workload,
-    attach_prompts,
-    filter_trace_rows,
-    seed_streams,
-    select_replay,
-)
+from burstgpt.errors import BurstGPTError
+from burstgpt.workload.arrivals import SHAPES
 from burstgpt.workload.io import read_workload, write_workload
-from burstgpt.workload.lengths import RESPONSE_MODES, EmpiricalResponses, ZipfLengths
-from burstgpt.workload.params import WorkloadParams, fit_workload_params, read_params, write_params
-from burstgpt.workload.prompts import SOURCE_FORMATS, load_prompt_texts, load_tokenizer
+from burstgpt.workload.params import fit_workload_params, write_params
+from burstgpt.workload.processes import ARRIVAL_PROCESSES
+from burstgpt.workload.prompts import SOURCE_FORMATS
+from burstgpt.workload.responses import RESPONSE_MODES
+from burstgpt.workload.spec import (
+    DEFAULT_CHANGE_EVERY,
+    DEFAULT_MAX_INPUT,
+    DEFAULT_MIN_INPUT,
+    DEFAULT_THETA,
+    MirroredArrivals,
+    Prompts,
+    ReplayedTrace,
+    RequestLengths,
+    Responses,
+    ScheduledArrivals,
+    WorkloadSpec,
+    build_workload,
+    filter_nonempty,
+)
 
-DEFAULT_THETA = 1.1  # the paper's Table III
-DEFAULT_MIN_INPUT = 16
-DEFAULT_MAX_INPUT = 4096
-DEFAULT_CHANGE_EVERY = "200"  # the paper changes alpha/beta after N = 200 requests
 
 
 def register(subparsers) -> None:
@@ -102,8 +96,8 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-quiet-start", action="store_true",
                    help="replay: skip the trace's long low-rate opening (the run of 20-minute windows from the "
                    "start most below the mean rate, when its rate is under half the mean)")
-    g.add_argument("--arrival", choices=("gamma", "poisson", "constant"), default="gamma",
-                   help="arrival process without a trace (default gamma)")
+    g.add_argument("--arrival", choices=ARRIVAL_PROCESSES(), default="gamma",
+                   help="renewal arrival process without a trace (default gamma; alpha is its shape)")
     g.add_argument("--alpha", metavar="A[:A2]", default=None,
                    help="Gamma shape, or a range for a schedule (default 1)")
     g.add_argument("--beta", metavar="B[:B2]", default=None, help="Gamma scale, seconds, or a range")
@@ -113,7 +107,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"how alpha/beta change: one of {', '.join(SHAPES)} for both, 'paper' "
                    "(quadratic alpha, linear beta; the default when a range is given), 'ASHAPE,BSHAPE', "
                    "or a CSV/JSON table with columns at, alpha, beta_s")
-    g.add_argument("--change-every", default=DEFAULT_CHANGE_EVERY, metavar="N|Ts",
+    g.add_argument("--change-every", default=str(DEFAULT_CHANGE_EVERY), metavar="N|Ts",
                    help="schedule step: N requests, or T seconds with an 's' suffix (default 200)")
     g.add_argument("--schedule-steps", type=int, default=None,
                    help="number of steps the shapes span (default: from --num-requests/--duration, else 10)")
@@ -142,8 +136,53 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
+    """The `WorkloadSpec` the flags of `add_generation_arguments` describe (without --workload)."""
+    sources = [name for name in ("params", "mirror", "replay") if getattr(args, name)]
+    if len(sources) > 1:
+        raise BurstGPTError(f"choose one of --params, --mirror and --replay, not {' and '.join(sources)}")
+    models = tuple(args.trace_model) if args.trace_model else None
+    services = tuple(args.trace_service) if args.trace_service else None
+    arrivals: ScheduledArrivals | MirroredArrivals | ReplayedTrace
+    if args.replay:
+        arrivals = ReplayedTrace(args.replay, scale=args.scale, start_s=args.start_s, end_s=args.end_s,
+                                 models=models, services=services, skip_quiet_start=args.skip_quiet_start)
+    elif args.params or args.mirror:
+        arrivals = MirroredArrivals(params=args.params, trace=args.mirror, target_rate_rps=args.target_rate,
+                                    time_scale=args.time_scale, fit_window_s=args.fit_window_s,
+                                    models=models, services=services)
+    else:
+        step, unit = _parse_change_every(args.change_every)
+        table = args.schedule if _is_table(args.schedule) else None
+        arrivals = ScheduledArrivals(
+            process=args.arrival,
+            alpha=_parse_range(args.alpha, "--alpha") or 1.0,
+            beta_s=_parse_range(args.beta, "--beta"),
+            rate_rps=_parse_range(args.rate, "--rate"),
+            schedule=None if table else args.schedule,
+            schedule_table=table,
+            change_every=step,
+            change_unit=unit,
+            schedule_steps=args.schedule_steps,
+        )
+    prompts = None
+    if args.prompts:
+        prompts = Prompts(args.prompts, format=args.prompt_format, field=args.prompt_field,
+                          tokenizer=args.tokenizer, buffer=args.prompt_buffer)
+    return WorkloadSpec(
+        arrivals=arrivals,
+        num_requests=args.num_requests,
+        duration_s=args.duration,
+        lengths=RequestLengths(args.zipf_theta, args.min_input_tokens, args.max_input_tokens),
+        responses=Responses(args.response, args.output_tokens, args.max_output_tokens or None),
+        prompts=prompts,
+        seed=args.seed,
+    )
+
+
 def workload_from_args(args: argparse.Namespace) -> pl.DataFrame:
-    """The workload described by the flags of `add_generation_arguments` (read from --workload, or generated)."""
+    """The workload described by the flags of `add_generation_arguments` (read from --workload, or built from
+    the `WorkloadSpec` of the other flags); notes go to stderr."""
     if args.workload:
         frame = read_workload(args.workload)
         if args.num_requests is not None:
@@ -151,78 +190,10 @@ def workload_from_args(args: argparse.Namespace) -> pl.DataFrame:
         if args.duration is not None:
             frame = frame.filter(pl.col("arrival_s") < args.duration)
         return frame
-    sources = [name for name in ("params", "mirror", "replay") if getattr(args, name)]
-    if len(sources) > 1:
-        raise BurstGPTError(f"choose one of --params, --mirror and --replay, not {' and '.join(sources)}")
-    _check_bounds(args)
-    streams = seed_streams(args.seed)
-    cap = args.max_output_tokens or None
-    trace_responses = None
-    session = model = service = None
-    params: WorkloadParams | None = None
-
-    if args.replay:
-        from burstgpt.trace import load_trace
-
-        trace = load_trace(args.replay)
-        selection = select_replay(
-            trace, args.scale, start_s=args.start_s, end_s=args.end_s, models=args.trace_model,
-            services=args.trace_service, skip_quiet_start=args.skip_quiet_start,
-        )
-        kept = selection.frame
-        arrival_s = selection.arrival_s
-        limit = arrival_s.size
-        if args.duration is not None:
-            limit = int(np.searchsorted(arrival_s, args.duration, side="left"))
-        if args.num_requests is not None:
-            limit = min(limit, args.num_requests)
-        kept, arrival_s = kept.head(limit), arrival_s[:limit]
-        # Trace rows with 0 request tokens (failed logs) still arrive; they send a 1-token prompt.
-        input_tokens = np.maximum(kept["request_tokens"].to_numpy(), 1)
-        trace_responses = kept["response_tokens"].to_numpy()
-        service, session = kept["service"], kept["session_id"]
-        response = _response_spec(args, cap, default="trace",
-                                  empirical=lambda: EmpiricalResponses.fit(kept["request_tokens"].to_numpy(),
-                                                                           trace_responses))
-    else:
-        if args.params or args.mirror:
-            if args.params:
-                params = read_params(args.params)
-            else:
-                with _status(f"fitting {args.mirror}"):
-                    params = _fit_mirror_trace(args)
-            arrival_s = _mirrored_arrivals(args, params, streams.arrivals)
-        else:
-            arrival_s = _explicit_arrivals(args, streams.arrivals)
-        zipf = ZipfLengths(
-            args.zipf_theta if args.zipf_theta is not None else params.zipf.theta if params else DEFAULT_THETA,
-            _pick(args.min_input_tokens, params.zipf.min_tokens if params else None, DEFAULT_MIN_INPUT),
-            _pick(args.max_input_tokens, params.zipf.max_tokens if params else None, DEFAULT_MAX_INPUT),
-        )
-        input_tokens = zipf.sample(arrival_s.size, streams.lengths)
-
-        def empirical():
-            if params is None or params.responses is None:
-                raise BurstGPTError("--response empirical needs --params, --mirror or --replay")
-            return params.responses
-
-        response = _response_spec(args, cap, default="model", empirical=empirical)
-
-    output_tokens = response.output_tokens(input_tokens, streams.responses, trace_responses)
-    frame = assemble_workload(
-        arrival_s, input_tokens, output_tokens=output_tokens, max_output_tokens=cap,
-        model=model, service=service, session_id=session,
-    )
-    if args.prompts:
-        with _status(f"building the prompt pool from {args.prompts}"):
-            tokenizer = load_tokenizer(args.tokenizer)
-            texts = load_prompt_texts(args.prompts, args.prompt_format, args.prompt_field,
-                                      synthetic_tokens=int(input_tokens.max()) if input_tokens.size else 1)
-            frame, unserved = attach_prompts(frame, texts, tokenizer, streams.prompts, args.prompt_buffer)
-        if unserved:
-            print(f"burstgpt: warning: {unserved} of {frame.height} requests ask for a length no prompt in "
-                  f"{args.prompts} reaches; their prompt is left empty (the client synthesises one)",
-                  file=sys.stderr)
+    notes: list[str] = []
+    frame = build_workload(spec_from_args(args), notes=notes, status=_status)
+    for note in notes:
+        print(f"burstgpt: note: {note}", file=sys.stderr)
     return frame
 
 
@@ -233,59 +204,6 @@ def _status(message: str):
     from rich.console import Console
 
     return Console(stderr=True).status(message)
-
-
-def _pick(*values):
-    return next(v for v in values if v is not None)
-
-
-def _check_bounds(args) -> None:
-    if args.num_requests is not None and args.num_requests < 1:
-        raise BurstGPTError(f"--num-requests must be positive, got {args.num_requests}")
-    if args.duration is not None and not args.duration > 0:
-        raise BurstGPTError(f"--duration must be positive, got {args.duration}")
-
-
-def _response_spec(args, cap, *, default: str, empirical) -> ResponseSpec:
-    mode = args.response or default
-    return ResponseSpec(
-        mode=mode, max_output_tokens=cap, fixed_tokens=args.output_tokens,
-        empirical=empirical() if mode == "empirical" else None,
-    )
-
-
-def _fit_mirror_trace(args) -> WorkloadParams:
-    from burstgpt.trace import load_trace
-
-    trace = load_trace(args.mirror)
-    trace = _filter_trace(trace, args.trace_model, args.trace_service)
-    return fit_workload_params(trace, window_s=args.fit_window_s,
-                               filters={"models": args.trace_model, "services": args.trace_service})
-
-
-def _filter_trace(trace: Trace, models, services) -> Trace:
-    frame = filter_trace_rows(trace.frame, models=models, services=services)
-    if frame.height == 0:
-        raise BurstGPTError(f"{trace.source}: no rows of the chosen model/service")
-    return dataclasses.replace(trace, frame=frame)
-
-
-def _mirrored_arrivals(args, params: WorkloadParams, rng: np.random.Generator) -> np.ndarray:
-    if not args.time_scale > 0:
-        raise BurstGPTError(f"--time-scale must be positive, got {args.time_scale}")
-    target = args.target_rate if args.target_rate is not None else params.mean_rate_rps * args.time_scale
-    schedule = mirror_schedule(
-        params.windows, target, time_compression=args.time_scale, fallback_alpha=params.overall_alpha
-    )
-    duration = args.duration
-    if duration is None and args.num_requests is None:
-        duration = schedule.end  # one pass over the trace's windows
-    elif duration is not None and duration < 0.9 * schedule.end:
-        # The target is the mean over the whole mirrored trace; a slice of it keeps that slice's own rate.
-        print(f"note: --duration {duration:g} s covers {100 * duration / schedule.end:.0f}% of the mirrored trace "
-              f"({schedule.end:.0f} s at --time-scale {args.time_scale:g}); --target-rate {target:.4g} req/s is "
-              "the mean over the whole trace, so this slice keeps its own, different rate", file=sys.stderr)
-    return scheduled_arrivals(schedule, rng, num_requests=args.num_requests, duration_s=duration)
 
 
 def _parse_range(text: str | None, flag: str) -> tuple[float, float] | None:
@@ -313,82 +231,8 @@ def _parse_change_every(text: str) -> tuple[float, str]:
     return step, unit
 
 
-def _explicit_arrivals(args, rng: np.random.Generator) -> np.ndarray:
-    if args.num_requests is None and args.duration is None:
-        raise BurstGPTError("give --duration or --num-requests (or --params / --mirror / --replay)")
-    alpha = _parse_range(args.alpha, "--alpha")
-    beta = _parse_range(args.beta, "--beta")
-    rate = _parse_range(args.rate, "--rate")
-    if beta and rate:
-        raise BurstGPTError("give --beta or --rate, not both")
-    if args.arrival == "constant":
-        if rate is None or rate[0] != rate[1]:
-            raise BurstGPTError("--arrival constant needs a single --rate")
-        n = args.num_requests if args.num_requests is not None else int(math.ceil(args.duration * rate[0]))
-        arrivals = constant_arrivals(n, rate[0])
-        return arrivals if args.duration is None else arrivals[arrivals < args.duration]
-    if args.arrival == "poisson":
-        if alpha and alpha != (1.0, 1.0):
-            raise BurstGPTError("--arrival poisson fixes alpha = 1; drop --alpha or use --arrival gamma")
-        alpha = (1.0, 1.0)
-    alpha = alpha or (1.0, 1.0)
-    step, unit = _parse_change_every(args.change_every)
-    if _is_table(args.schedule):
-        schedule = schedule_from_table(_read_schedule_table(Path(args.schedule)), unit)
-    elif beta is None and rate is None:
-        raise BurstGPTError("give --beta (Gamma scale, seconds) or --rate (requests/s)")
-    else:
-        schedule = _build_schedule(args, alpha, beta, rate, step, unit)
-    return scheduled_arrivals(schedule, rng, num_requests=args.num_requests, duration_s=args.duration)
-
-
-def _build_schedule(args, alpha, beta, rate, step: float, unit: str) -> ParamSchedule:
-    spec = args.schedule
-    ranged = alpha[0] != alpha[1] or (beta or rate)[0] != (beta or rate)[1]
-    if spec is None:
-        spec = "paper" if ranged else "constant"
-    shapes = ("quadratic", "linear") if spec == "paper" else tuple(spec.split(",")) if "," in spec else (spec, spec)
-    if len(shapes) != 2 or any(s not in SHAPES for s in shapes):
-        raise BurstGPTError(f"--schedule: unknown shape {spec!r}; use {', '.join(SHAPES)}, paper, A,B or a file")
-    if args.schedule_steps is not None:
-        steps = args.schedule_steps
-    elif unit == "requests" and args.num_requests is not None:
-        steps = math.ceil(args.num_requests / step)
-    elif unit == "seconds" and args.duration is not None:
-        steps = math.ceil(args.duration / step)
-    else:
-        steps = 10
-    if steps < 1:
-        raise BurstGPTError(f"--schedule-steps must be positive, got {steps}")
-    alpha_values = shape_values(shapes[0], alpha[0], alpha[1], steps)
-    if beta is not None:
-        beta_values = shape_values(shapes[1], beta[0], beta[1], steps)
-    else:  # the rate follows the beta shape; beta = mean gap / alpha
-        beta_values = 1.0 / (alpha_values * shape_values(shapes[1], rate[0], rate[1], steps))
-    if np.any(alpha_values <= 0) or np.any(beta_values <= 0):
-        raise BurstGPTError("the schedule reaches a non-positive alpha or beta")
-    return ParamSchedule.regular(alpha_values, beta_values, step, unit)
-
-
 def _is_table(spec: str | None) -> bool:
     return bool(spec) and (Path(spec).suffix in (".csv", ".json") or Path(spec).exists())
-
-
-def _read_schedule_table(path: Path) -> pl.DataFrame:
-    if not path.is_file():
-        raise InputError(path, "no such schedule table")
-    try:
-        if path.suffix == ".json":
-            frame = pl.read_json(path)
-        else:
-            frame = pl.read_csv(path)
-    except Exception as exc:  # polars raises several error types
-        raise InputError(path, f"cannot read schedule table: {str(exc).splitlines()[0]}") from None
-    try:
-        return frame.select(pl.col("at", "alpha", "beta_s").cast(pl.Float64, strict=True))
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(path, f"schedule table needs numeric columns at, alpha, beta_s: "
-                               f"{str(exc).splitlines()[0]}") from None
 
 
 # ------------------------------------------------------------------------------------------------- handlers
@@ -397,7 +241,7 @@ def _read_schedule_table(path: Path) -> pl.DataFrame:
 def _cmd_fit(args) -> int:
     from burstgpt.trace import load_trace
 
-    trace = _filter_trace(load_trace(args.trace), args.trace_model, args.trace_service)
+    trace = filter_nonempty(load_trace(args.trace), args.trace_model, args.trace_service)
     params = fit_workload_params(trace, window_s=args.window_s, min_arrivals=args.min_arrivals,
                                  filters={"models": args.trace_model, "services": args.trace_service})
     write_params(params, args.output)
@@ -409,8 +253,8 @@ def _cmd_fit(args) -> int:
     if fitted.height:
         print(f"per-window alpha: median {fitted['alpha'].median():.3g}, range {fitted['alpha'].min():.3g}"
               f"-{fitted['alpha'].max():.3g}")
-    print(f"request tokens: Zipf theta {params.zipf.theta:.3g} on [{params.zipf.min_tokens}, "
-          f"{params.zipf.max_tokens}]")
+    theta = "-" if params.zipf_theta is None else f"{params.zipf_theta:.3g}"  # None: one length, no exponent
+    print(f"request tokens: Zipf theta {theta} on [{params.zipf.min_tokens}, {params.zipf.max_tokens}]")
     summary = params.response_summary
     if "linear_fit" in summary:
         lf = summary["linear_fit"]

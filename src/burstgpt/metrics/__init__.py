@@ -16,8 +16,9 @@ from burstgpt.metrics.requests import (
     summarize,
     throughput,
 )
-from burstgpt.records import SERVER_METRICS_SCHEMA, conform_server_metrics, empty_server_metrics
+from burstgpt.metrics.server import summarize_server_metrics
 from burstgpt.metrics.windows import window_series
+from burstgpt.records import SERVER_METRICS_SCHEMA, conform_server_metrics, empty_server_metrics
 
 __all__ = [
     "SERVER_METRICS_SCHEMA",
@@ -34,6 +35,7 @@ __all__ = [
     "parse_slo",
     "send_rate",
     "summarize",
+    "summarize_server_metrics",
     "throughput",
     "window_series",
 ]

@@ -11,19 +11,27 @@ Definitions (per request, seconds):
 - `latency_per_output_token_s` = e2e_s / output_tokens, only when output_tokens > 0
 - `dispatch_lag_s` = sent_s - scheduled_s (how late the client sent it)
 
-Latency statistics (L) are over succeeded requests only; R = failed / (succeeded + failed) (cancelled
-requests are the client's doing, not the server's, and are counted apart); throughput (P) counts succeeded
-requests and their tokens over the run's span, from the first send to the last end.
+Latency statistics (L) are over succeeded requests only; R = failed / (succeeded + failed) (cancelled and
+never-sent requests are the client's doing, not the server's, and are counted apart); throughput (P) counts
+succeeded requests and their tokens over the run's span, from the first send to the last end. The result
+types (`Stats`, `Accounting`) are those of the run summary, `burstgpt.records.summary`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import polars as pl
 
 from burstgpt.errors import BurstGPTError
-from burstgpt.records import ERROR_CLASSES, STATUS_CANCELLED, STATUS_FAILED, STATUS_OK, conform_request_records
+from burstgpt.records import (
+    ERROR_CLASSES,
+    STATUS_CANCELLED,
+    STATUS_FAILED,
+    STATUS_NOT_SENT,
+    STATUS_OK,
+    Accounting,
+    Stats,
+    conform_request_records,
+)
 
 #: Latency columns added by `derive_request_metrics` (all seconds).
 LATENCY_COLUMNS = ("ttft_s", "tpot_s", "e2e_s", "latency_per_output_token_s")
@@ -66,28 +74,13 @@ def inter_token_latencies(records: pl.DataFrame) -> pl.Series:
     return gaps["itl_s"].drop_nulls()
 
 
-@dataclass(frozen=True)
-class Stats:
-    """Distribution summary of one metric. All null when there are no values."""
-
-    count: int
-    mean: float | None
-    median: float | None
-    p90: float | None
-    p99: float | None
-    std: float | None  # sample standard deviation (ddof=1); null for fewer than 2 values
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 def stats_exprs(column: str, prefix: str | None = None) -> list[pl.Expr]:
     """Polars aggregations (mean, median, p90, p99, std) of `column`, named `<prefix>_<stat>`."""
     prefix = prefix or column
     col = pl.col(column)
     exprs = [col.count().alias(f"{prefix}_count"), col.mean().alias(f"{prefix}_mean")]
     exprs += [col.quantile(q, "linear").alias(f"{prefix}_{name}") for name, q in QUANTILES.items()]
-    exprs.append(col.std(ddof=1).alias(f"{prefix}_std"))
+    exprs += [col.std(ddof=1).alias(f"{prefix}_std"), col.max().alias(f"{prefix}_max")]
     return exprs
 
 
@@ -102,43 +95,22 @@ def summarize(values: pl.Series) -> Stats:
         p90=row["s_p90"],
         p99=row["s_p99"],
         std=row["s_std"],
+        max=row["s_max"],
     )
 
 
-@dataclass(frozen=True)
-class Accounting:
-    """Where every request went. `sent == succeeded + failed + cancelled` must hold (`balanced`)."""
-
-    total: int  # records (one per workload request)
-    sent: int  # records with a send time
-    succeeded: int
-    failed: int
-    cancelled: int  # sent, then cancelled (run stopped before it ended)
-    not_sent: int  # never sent (run stopped first); status cancelled, sent_s null
-    failures_by_class: dict[str, int]
-
-    @property
-    def balanced(self) -> bool:
-        return self.sent == self.succeeded + self.failed + self.cancelled and self.total == self.sent + self.not_sent
-
-    def as_dict(self) -> dict:
-        identity = (f"sent {self.sent} = succeeded {self.succeeded} + failed {self.failed} + cancelled "
-                    f"{self.cancelled}; total {self.total} = sent {self.sent} + not sent {self.not_sent}")
-        return {**asdict(self), "balanced": self.balanced, "identity": identity}
-
-
 def account_requests(records: pl.DataFrame) -> Accounting:
-    """Count requests by outcome and failures by error class."""
+    """Count requests by status and failures by error class. `sent` counts records with a send time, so a record
+    whose status disagrees with its sent_s (or an unknown status) leaves the accounting unbalanced."""
     frame = conform_request_records(records)
-    was_sent = pl.col("sent_s").is_not_null()
     status = pl.col("status")
     row = frame.select(
         pl.len().alias("total"),
-        was_sent.sum().alias("sent"),
-        (was_sent & (status == STATUS_OK)).sum().alias("succeeded"),
-        (was_sent & (status == STATUS_FAILED)).sum().alias("failed"),
-        (was_sent & (status == STATUS_CANCELLED)).sum().alias("cancelled"),
-        (~was_sent).sum().alias("not_sent"),
+        pl.col("sent_s").is_not_null().sum().alias("sent"),
+        (status == STATUS_OK).sum().alias("succeeded"),
+        (status == STATUS_FAILED).sum().alias("failed"),
+        (status == STATUS_CANCELLED).sum().alias("cancelled"),
+        (status == STATUS_NOT_SENT).sum().alias("not_sent"),
     ).row(0, named=True)
     by_class = (
         frame.filter(status == STATUS_FAILED)
@@ -268,7 +240,7 @@ def average_metrics(records: pl.DataFrame, slo: dict[str, float] | None = None) 
         "schedule": {
             "offered_rate_rps": send_rate(derived["scheduled_s"]),
             "achieved_send_rate_rps": send_rate(derived["sent_s"]),
-            "dispatch_lag_s": {**summarize(derived["dispatch_lag_s"]).as_dict(), "max": derived["dispatch_lag_s"].max()},
+            "dispatch_lag_s": summarize(derived["dispatch_lag_s"]).as_dict(),
         },
     }
     if slo:

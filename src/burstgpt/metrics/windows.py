@@ -1,8 +1,10 @@
 """Instantaneous metrics (the paper's R^ins, L^ins, P^ins) as a time series over tumbling or sliding windows.
 
 Each window is [window_start_s, window_end_s). A request counts in a window by the instant its quantity
-happens: completions, failures, tokens and latencies by `end_s`; offered load by `scheduled_s`; sends and
-dispatch lag by `sent_s`. Rates divide by the window's length, clipped at the run's last event so the last,
+happens: completions, failures, tokens and latencies by `end_s`; offered load by `scheduled_s`; sends, dispatch
+lag and the failure rate by `sent_s`. The failure rate goes by send time because a failure can end long after
+the request was sent (a 30 s timeout): by end time, the tail of a run, where nothing is offered any more, would
+show only the slow failures and a failure rate of 30-50 %. Rates divide by the window's length, clipped at the run's last event so the last,
 partial window is not understated. Windows are tumbling when `step_s` is None or equals `window_s`, sliding
 (overlapping) when `step_s < window_s`.
 """
@@ -14,8 +16,14 @@ import polars as pl
 
 from burstgpt.errors import BurstGPTError
 from burstgpt.metrics.requests import QUANTILES, derive_request_metrics, meets_slo_expr
-from burstgpt.records import SERVER_COUNTERS, SERVER_GAUGES, conform_server_metrics
-from burstgpt.records import STATUS_CANCELLED, STATUS_FAILED, STATUS_OK
+from burstgpt.records import (
+    SERVER_COUNTERS,
+    SERVER_GAUGES,
+    STATUS_CANCELLED,
+    STATUS_FAILED,
+    STATUS_OK,
+    conform_server_metrics,
+)
 
 _US = 1_000_000  # windows are computed on integer microseconds so group_by_dynamic can use an integer index
 
@@ -31,7 +39,8 @@ def window_series(
     """One row per window, starting at 0 and stepping by `step_s` (default `window_s`) to the last event.
 
     Columns (rates per second, latencies in seconds, latencies over succeeded requests):
-    window_start_s, window_end_s, offered_rps, sent_rps, succeeded, failed, cancelled, failure_rate,
+    window_start_s, window_end_s, offered_rps, sent_rps, succeeded, failed, cancelled (ended in the window),
+    failure_rate (failed / (succeeded + failed) of the requests sent in the window, null when none ended),
     requests_per_s, input_tokens_per_s, output_tokens_per_s, total_tokens_per_s,
     ttft_{mean,median,p90,p99}_s, tpot_{mean,median,p90,p99}_s, e2e_{mean,median,p90,p99}_s,
     latency_per_output_token_mean_s, dispatch_lag_{median,p99,max}_s, in_flight (sent, not ended, at
@@ -80,6 +89,8 @@ def window_series(
         "sent_s",
         [
             pl.len().alias("_sent"),
+            (pl.col("status") == STATUS_OK).sum().alias("_sent_succeeded"),
+            (pl.col("status") == STATUS_FAILED).sum().alias("_sent_failed"),
             lag.quantile(0.5, "linear").alias("dispatch_lag_median_s"),
             lag.quantile(0.99, "linear").alias("dispatch_lag_p99_s"),
             lag.max().alias("dispatch_lag_max_s"),
@@ -89,14 +100,15 @@ def window_series(
     )
     for part in (ended, offered, sent):
         frame = frame.join(part, on="_start_us", how="left")
-    counts = ["succeeded", "failed", "cancelled", "_input_tokens", "_output_tokens", "_offered", "_sent"]
+    counts = ["succeeded", "failed", "cancelled", "_input_tokens", "_output_tokens", "_offered", "_sent",
+              "_sent_succeeded", "_sent_failed"]
     counts += ["_good"] if slo else []
     frame = frame.with_columns(pl.col(counts).fill_null(0))
-    finished = pl.col("succeeded") + pl.col("failed")
+    finished = pl.col("_sent_succeeded") + pl.col("_sent_failed")
     frame = frame.with_columns(
         (pl.col("_offered") / length_s).alias("offered_rps"),
         (pl.col("_sent") / length_s).alias("sent_rps"),
-        pl.when(finished > 0).then(pl.col("failed") / finished).otherwise(None).alias("failure_rate"),
+        pl.when(finished > 0).then(pl.col("_sent_failed") / finished).otherwise(None).alias("failure_rate"),
         (pl.col("succeeded") / length_s).alias("requests_per_s"),
         (pl.col("_input_tokens") / length_s).alias("input_tokens_per_s"),
         (pl.col("_output_tokens") / length_s).alias("output_tokens_per_s"),

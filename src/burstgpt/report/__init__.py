@@ -1,5 +1,7 @@
-"""Run directories, run figures (paper Fig 16 style) and run comparisons. See `rundir` for the files."""
+"""Run directories, run figures (paper Fig 16 style) and run comparisons. The files and reading them back live
+in `burstgpt.records`; `rundir` writes a complete run (metrics, time series, figure, summary)."""
 
-from burstgpt.report.rundir import RunDirectory, read_run_directory, render_run, write_run_directory
+from burstgpt.records import RunDirectory, RunSummary, read_run_directory
+from burstgpt.report.rundir import render_run, write_run_directory
 
-__all__ = ["RunDirectory", "read_run_directory", "render_run", "write_run_directory"]
+__all__ = ["RunDirectory", "RunSummary", "read_run_directory", "render_run", "write_run_directory"]

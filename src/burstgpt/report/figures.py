@@ -56,13 +56,29 @@ def _plot(axis, x, y, **style) -> None:
     axis.plot(*_display_points(np.asarray(x, dtype=float), np.asarray(y, dtype=float)), **style)
 
 
+#: The failure-rate panel's axis label: the rate is of the requests *sent* in each window (see
+#: `burstgpt.metrics.windows`), not of those that ended in it.
+FAILURE_RATE_LABEL = "failure rate of requests\nsent in window (%)"
+
+
 def plot_timeline(runs: list[RunSeries], path: str | Path, *, title: str = "") -> Path:
-    """Write a 4-panel PNG: latency (s), throughput (req/s, with offered load), failure rate (%), KV usage (%).
+    """Write `timeline_figure(runs, title)` as a PNG at `path`."""
+    figure = timeline_figure(runs, title=title)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def timeline_figure(runs: list[RunSeries], *, title: str = "") -> Figure:
+    """A 4-panel figure: latency (s), throughput (req/s, with offered load), failure rate by send time (%),
+    KV usage (%).
 
     One run: several statistics per panel (TTFT, end-to-end mean and p90; completed and offered req/s and
-    output tokens/s; KV usage with running/waiting requests). Several runs: one line per run per panel, so
-    runs compare on the same axes. Each series is plotted at its window's midpoint; long series are averaged
-    into at most MAX_DISPLAY_POINTS bins for drawing (the CSVs keep every window).
+    output tokens/s; KV usage with running/waiting requests). Several runs: one line per run per panel (the
+    offered load dotted in the run's colour), so runs compare on the same axes. Each series is plotted at its
+    window's midpoint; long series are averaged into at most MAX_DISPLAY_POINTS bins for drawing (the CSVs
+    keep every window).
     """
     t_max = max(
         [float(r.timeseries["window_end_s"].max() or 0) for r in runs if r.timeseries.height] or [1.0]
@@ -91,7 +107,8 @@ def plot_timeline(runs: list[RunSeries], path: str | Path, *, title: str = "") -
         else:
             _plot(axes[0], mid, ts["e2e_mean_s"].to_numpy(), color=color, label=f"{prefix}end-to-end mean", **dots)
             _plot(axes[1], mid, ts["requests_per_s"].to_numpy(), color=color, label=f"{prefix}completed req/s", **dots)
-            _plot(axes[1], mid, ts["offered_rps"].to_numpy(), color=color, ls=":", alpha=0.6, **dots)
+            _plot(axes[1], mid, ts["offered_rps"].to_numpy(), color=color, ls=":", alpha=0.6,
+                  label=f"{prefix}offered req/s", **dots)
         _plot(axes[2], mid, (ts["failure_rate"] * 100).to_numpy(), color=color, label=f"{prefix}failure rate", **dots)
         server = run.server_metrics
         if server is not None and server.height and server["kv_cache_usage_perc"].null_count() < server.height:
@@ -103,21 +120,19 @@ def plot_timeline(runs: list[RunSeries], path: str | Path, *, title: str = "") -
                     if server[name].null_count() < server.height:
                         _plot(queue_axis, t, server[name].to_numpy(), color="C3", ls=style, alpha=0.6, label=name)
                 queue_axis.set_ylabel("requests")
-                queue_axis.legend(loc="upper right", fontsize="small")
+                if queue_axis.get_legend_handles_labels()[0]:
+                    queue_axis.legend(loc="upper right", fontsize="small")
     if not any(r.server_metrics is not None and r.server_metrics.height for r in runs):
         axes[3].text(0.5, 0.5, "no server metrics", transform=axes[3].transAxes, ha="center", va="center")
-    for axis, ylabel in zip(axes, ("latency (s)", "throughput (req/s)", "failure rate (%)", "KV-cache usage (%)"),
+    for axis, ylabel in zip(axes, ("latency (s)", "throughput (req/s)", FAILURE_RATE_LABEL, "KV-cache usage (%)"),
                             strict=True):
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(loc="upper left", fontsize="small")
+        if axis.get_legend_handles_labels()[0]:  # one run: twin axes' legends sit upper right
+            axis.legend(loc="upper left" if single else "best", fontsize="small")
     axes[2].set_ylim(bottom=0)
     axes[3].set_ylim(0, 100)
     axes[-1].set_xlabel(xlabel)
     if title:
         figure.suptitle(title)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return path
+    return figure

@@ -7,6 +7,11 @@ fig01/02_daily_requests_<service>, fig03/04_hourly_requests_<service>, fig05_bur
 fig07_length_distributions, fig08_request_vs_response, fig09_request_response_counts,
 fig10/11_request_throughput_<service>, fig12/13_response_throughput_<service>, fig14_failure_rates, and
 sessions (traces with session ids).
+
+Degenerate groups never fail a figure: a panel whose statistic is undefined (one request, constant lengths)
+says so ("too few requests", "constant request length") instead of drawing it; a figure with nothing to draw is
+not written. Counts per hour or day cover only the part of the hour or day the trace observed (hollow markers
+and "observed" labels), so a trace's first and last hour do not look like quiet hours.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from scipy import stats
 
 from burstgpt.analysis.characterise import Characterisation, write_characterisation
+from burstgpt.analysis.fits import zipf_cdf
+from burstgpt.analysis.temporal import SECONDS_PER_DAY
 from burstgpt.outputs import atomic_path
 
 PAPER_NUMBERS = {  # figure kind -> (conversation number, api number)
@@ -34,6 +42,8 @@ PAPER_NUMBERS = {  # figure kind -> (conversation number, api number)
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 #: At most this many model x service groups get their own panel (the largest by requests).
 MAX_GROUP_PANELS = 4
+#: A day counts as observed in full (solid marker) from this many seconds of it on.
+FULL_DAY_S = SECONDS_PER_DAY - 60.0
 
 
 def write_analysis(
@@ -130,6 +140,38 @@ def _day_labels(c: Characterisation) -> str:
     return "date" if c.origin is not None else "day of trace"
 
 
+def _plain_number(value: float) -> str:
+    """0.5, 40, 2,000 rather than matplotlib's 5x10^-1 on log axes."""
+    return f"{value:,.0f}" if 1 <= value < 1e7 and float(value).is_integer() else f"{value:g}"
+
+
+class _PlainLogFormatter(ticker.LogFormatter):
+    """Log-axis tick labels as plain numbers; minor ticks labelled only where matplotlib would label them (axes
+    spanning few decades)."""
+
+    def __call__(self, x, pos=None):
+        return _plain_number(x) if super().__call__(x, pos) else ""
+
+
+def _log_axis(ax, which: str = "y") -> None:
+    """Log scale on `which` ('x' or 'y') with plain-number tick labels."""
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+    axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+
+
+def _say(ax, text: str) -> None:
+    """Write `text` in the middle of an empty panel (why nothing is drawn)."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _observed_hours(c: Characterisation) -> float:
+    return float(c.totals["span_s"]) / 3600.0
+
+
 def _grid_axes(figure: Figure, panels: int, columns: int = 2, **kwargs):
     columns = min(columns, panels)
     rows = -(-panels // columns)
@@ -145,46 +187,67 @@ def _grid_axes(figure: Figure, panels: int, columns: int = 2, **kwargs):
 def _service_figures(c: Characterisation, service, outdir: Path) -> list[Path]:
     tag = service or "unknown"
     written = []
-    daily = c.daily_requests.filter(pl.col("service").eq_missing(service))
+    daily = _rows(c.daily_requests, service=service)
     if daily.height:
         figure = _new_figure(10, 4)
         ax = figure.subplots()
-        for index, (model, part) in enumerate(daily.group_by("model", maintain_order=True)):
-            x = part["date"].to_list() if c.origin is not None else part["day"].to_numpy()
-            ax.plot(x, part["requests"].to_numpy(), marker="o", ms=3, color=f"C{index}", label=model[0] or "unknown")
-        weekend = daily.filter(pl.col("day_of_week") >= 5)["day"].unique().to_numpy()
-        if c.origin is not None and weekend.size:
-            ax.set_title(f"Requests per day, {tag} (paper Figs 1-2; weekends shaded)")
-            for day in weekend:
-                date = c.daily_requests.filter(pl.col("day") == day)["date"][0]
-                ax.axvspan(date, date + timedelta(days=1), color="0.9", zorder=0)
+        days = daily["day"].n_unique()
+        if days == 1:
+            # One (partial) day: a point per model on a meaningless date axis would say nothing; bars with the
+            # observed time say what the count covers.
+            models = daily["model"].to_list()
+            bars = ax.bar(range(len(models)), daily["requests"].to_numpy(),
+                          color=[f"C{i}" for i in range(len(models))])
+            ax.bar_label(bars, fontsize="small")
+            ax.set_ylim(0, max(1, int(daily["requests"].max())) * 1.15)
+            ax.set_xticks(range(len(models)), [m or "unknown" for m in models])
+            ax.set_ylabel(f"requests in the {_observed_hours(c):.1f} h observed")
+            ax.set_title(f"Requests, {tag} (paper Figs 1-2; the trace covers less than a day)")
         else:
-            ax.set_title(f"Requests per day, {tag} (paper Figs 1-2)")
-        ax.set_xlabel(_day_labels(c))
-        ax.set_ylabel("requests per day")
-        ax.legend()
+            for index, (model, part) in enumerate(daily.group_by("model", maintain_order=True)):
+                x = part["date"].to_list() if c.origin is not None else part["day"].to_numpy()
+                y = part["requests"].to_numpy()
+                partial = part["observed_s"].to_numpy() < FULL_DAY_S
+                ax.plot(x, y, color=f"C{index}", label=model[0] or "unknown")
+                _markers(ax, x, y, partial, f"C{index}")
+            weekend = daily.filter(pl.col("day_of_week") >= 5)["day"].unique().to_numpy()
+            title = f"Requests per day, {tag} (paper Figs 1-2"
+            if c.origin is not None and weekend.size:
+                title += "; weekends shaded"
+                for day in weekend:
+                    date = c.daily_requests.filter(pl.col("day") == day)["date"][0]
+                    ax.axvspan(date, date + timedelta(days=1), color="0.9", zorder=0)
+            ax.set_title(title + ")")
+            ax.set_xlabel(_day_labels(c))
+            ax.set_ylabel("requests per day\n(hollow: day observed in part)")
+            ax.legend(loc="best")
         written.append(_save(figure, outdir / f"{_number('daily_requests', service)}_daily_requests_{tag}.png"))
 
-    profile = c.hour_of_day_profile.filter(pl.col("service").eq_missing(service))
-    if profile.height:
+    profile = _rows(c.hour_of_day_profile, service=service)
+    if profile.height and profile["mean_requests"].drop_nulls().len():
         figure = _new_figure(10, 4)
         ax = figure.subplots()
         for index, (model, part) in enumerate(profile.group_by("model", maintain_order=True)):
             hours = part["hour_of_day"].to_numpy()
             mean = part["mean_requests"].to_numpy()
-            std = part["std_requests"].fill_null(0).to_numpy()
-            ax.plot(hours, mean, marker="o", ms=3, color=f"C{index}", label=f"{model[0] or 'unknown'} mean")
-            ax.fill_between(hours, np.maximum(mean - std, 0), mean + std, color=f"C{index}", alpha=0.2,
-                            label=f"{model[0] or 'unknown'} ±1 sd across days")
+            ax.plot(hours, mean, color=f"C{index}", label=f"{model[0] or 'unknown'} mean")
+            _markers(ax, hours, mean, part["observed_hours"].to_numpy() < part["days"].to_numpy() - 1e-6, f"C{index}")
+            std = part["std_requests"].to_numpy()
+            if np.isfinite(std.astype(float)).any():
+                std = np.nan_to_num(std.astype(float))
+                ax.fill_between(hours, np.maximum(mean - std, 0), mean + std, color=f"C{index}", alpha=0.2,
+                                label=f"{model[0] or 'unknown'} ±1 sd across days")
         ax.set_title(f"Requests per hour of day, {tag} (paper Figs 3-4)")
         ax.set_xlabel("hour of day" + ("" if c.origin is not None else " (trace clock)"))
-        ax.set_ylabel("requests per hour")
+        ax.set_ylabel("requests per hour observed\n(hollow: hour observed in part)")
         ax.set_xticks(range(0, 24, 2))
-        ax.legend(fontsize="small")
+        ax.set_xlim(-0.5, 23.5)
+        ax.legend(fontsize="small", loc="best")
         written.append(_save(figure, outdir / f"{_number('hourly_requests', service)}_hourly_requests_{tag}.png"))
 
     for kind in ("request", "response"):
-        box = c.throughput_box.filter(pl.col("service").eq_missing(service) & (pl.col("kind") == kind))
+        box = _rows(c.throughput_box, service=service)
+        box = box.filter(pl.col("kind") == kind) if box.height else box
         if box.height == 0:
             continue
         models = box["model"].unique(maintain_order=True).to_list()
@@ -198,14 +261,30 @@ def _service_figures(c: Characterisation, service, outdir: Path) -> list[Path]:
                  "mean": r["mean_tokens_per_hour"], "fliers": [], "label": str(r["hour_of_day"])}
                 for r in part.iter_rows(named=True)
             ]
-            ax.bxp(boxes, showmeans=True, showfliers=False, meanprops={"marker": "^", "markersize": 4})
+            ax.bxp(boxes, positions=part["hour_of_day"].to_numpy(), showmeans=True, showfliers=False,
+                   meanprops={"marker": "^", "markersize": 4})
+            ax.set_xlim(-0.5, 23.5)
             ax.set_ylabel(f"{kind} tokens / hour")
             ax.set_title(f"{model or 'unknown'}", fontsize="medium")
-        axes[-1].set_xlabel("hour of day (boxes across days; triangle = mean; whiskers 1.5 IQR)")
+        axes[-1].set_xlabel("hour of day (boxes across days; triangle = mean; whiskers 1.5 IQR; hours observed "
+                            "in part scaled, under half left out)")
         figure.suptitle(f"{kind.capitalize()} token throughput per hour, {tag} (paper Figs 10-13)")
         name = f"{_number(f'{kind}_throughput', service)}_{kind}_throughput_{tag}.png"
         written.append(_save(figure, outdir / name))
     return written
+
+
+def _rows(table: pl.DataFrame, *, service) -> pl.DataFrame:
+    """Rows of one service (null-safe; an empty table, which may have no columns, stays empty)."""
+    return table.filter(pl.col("service").eq_missing(service)) if table.height else table
+
+
+def _markers(ax, x, y, partial: np.ndarray, color: str) -> None:
+    """Solid markers for periods observed in full, hollow ones for periods observed in part."""
+    x = np.asarray(x, dtype=object)
+    y = np.asarray(y)
+    ax.plot(x[~partial], y[~partial], "o", ms=4, color=color)
+    ax.plot(x[partial], y[partial], "o", ms=5, markerfacecolor="white", color=color)
 
 
 # ------------------------------------------------------------------------------------------------ Fig 5
@@ -216,21 +295,37 @@ def _plot_burstiness(c: Characterisation) -> Figure | None:
     if bursts.height == 0:
         return None
     minutes = bursts["window_min"].unique().sort().to_list()
-    figure = _new_figure(10, 3.2 * len(minutes), left=0.1, hspace=0.2)
-    axes = _grid_axes(figure, len(minutes), columns=1, sharex=True)
     groups = _top_groups(c)
+    one_day = bursts["day"].n_unique() == 1
+    figure = _new_figure(10, 3.2 * len(minutes), left=0.11, right=0.78 if not one_day else 0.98, hspace=0.25)
+    axes = _grid_axes(figure, len(minutes), columns=1, sharex=not one_day)
     for ax, window in zip(axes, minutes, strict=True):
+        if one_day:
+            # A trace under a day: one count per group, as bars, labelled with the time it covers.
+            values = [_of(bursts, m, s).filter(pl.col("window_min") == window)["bursts_2x"].sum() for m, s in groups]
+            bars = ax.bar(range(len(groups)), values, color=[f"C{i}" for i in range(len(groups))])
+            ax.bar_label(bars, fontsize="small")
+            ax.set_xticks(range(len(groups)), [_label(m, s) for m, s in groups], fontsize="small")
+            ax.set_ylim(0, max(1, max(values)) * 1.15)
+            ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+            ax.set_ylabel(f"windows >= 2x previous\n({window}-min windows, {_observed_hours(c):.1f} h observed)")
+            continue
         for index, (model, service) in enumerate(groups):
             part = _of(bursts, model, service).filter(pl.col("window_min") == window).sort("day")
             if part.height == 0:
                 continue
             x = part["date"].to_list() if c.origin is not None else part["day"].to_numpy()
-            ax.plot(x, part["bursts_2x"].to_numpy(), marker="o", ms=3, color=f"C{index}",
-                    label=_label(model, service))
-        ax.set_ylabel(f"windows >= 2x previous\n({window}-min windows) per day")
-        ax.legend(fontsize="small")
-    axes[-1].set_xlabel(_day_labels(c))
-    figure.suptitle("Short-term burstiness: request count at least doubling window to window (paper Fig 5)")
+            y = part["bursts_2x"].to_numpy()
+            ax.plot(x, y, color=f"C{index}", label=_label(model, service))
+            _markers(ax, x, y, part["observed_s"].to_numpy() < FULL_DAY_S, f"C{index}")
+        ax.set_ylabel(f"windows >= 2x previous\n({window}-min windows) per day\n(hollow: day observed in part)")
+    if one_day:
+        figure.suptitle("Short-term burstiness: request count at least doubling window to window (paper Fig 5;\n"
+                        "the trace covers less than a day)")
+    else:
+        axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        axes[-1].set_xlabel(_day_labels(c))
+        figure.suptitle("Short-term burstiness: request count at least doubling window to window (paper Fig 5)")
     return figure
 
 
@@ -239,56 +334,82 @@ def _plot_burstiness(c: Characterisation) -> Figure | None:
 
 def _plot_gamma_arrivals(c: Characterisation) -> Figure | None:
     windows = c.arrival_windows
-    if windows.height == 0 or windows["alpha"].drop_nulls().len() == 0:
+    summary = c.arrival_summary
+    has_windows = windows.height > 0 and windows["alpha"].drop_nulls().len() > 0
+    has_overall = summary.height > 0 and summary["gamma_alpha"].drop_nulls().len() > 0
+    if not (has_windows or has_overall):
         return None
-    figure = _new_figure(12, 8, left=0.07, hspace=0.35)
+    figure = _new_figure(12, 8.4, left=0.07, top_in=1.0, hspace=0.35)
     (ax_alpha, ax_beta), (ax_hour, ax_pdf) = figure.subplots(2, 2)
     groups = _top_groups(c)
     hours = 3600.0
     for index, (model, service) in enumerate(groups):
-        part = _of(windows, model, service).filter(pl.col("alpha").is_not_null())
+        part = _of(windows, model, service).filter(pl.col("alpha").is_not_null()) if has_windows else windows
         if part.height == 0:
             continue
         x = part["window_start_s"].to_numpy() / hours
         label = _label(model, service)
         ax_alpha.plot(x, part["alpha"].to_numpy(), ".", ms=3, color=f"C{index}", label=label)
-        ax_beta.plot(x, part["beta_s"].to_numpy(), ".", ms=3, color=f"C{index}", label=label)
+        ax_beta.plot(x, part["beta_s"].to_numpy(), ".", ms=3, color=f"C{index}")
         by_hour = part.group_by("hour_of_day").agg(pl.col("alpha").median()).sort("hour_of_day")
         ax_hour.plot(by_hour["hour_of_day"].to_numpy(), by_hour["alpha"].to_numpy(), marker="o", ms=3,
-                     color=f"C{index}", label=label)
-    for ax, name in ((ax_alpha, "shape alpha"), (ax_beta, "scale beta (s)")):
-        ax.set_yscale("log")
-        ax.set_xlabel("window start (hours since trace clock 0)")
-        ax.set_ylabel(name)
+                     color=f"C{index}")
+    if has_windows:
+        for ax, name in ((ax_alpha, "shape alpha"), (ax_beta, "scale beta (s)")):
+            _log_axis(ax)
+            ax.set_xlabel("window start (hours since trace clock 0)")
+            ax.set_ylabel(name)
+        ax_hour.set_xlabel("hour of day")
+        ax_hour.set_ylabel("alpha")
+        ax_hour.set_xticks(range(0, 24, 2))
+        ax_hour.set_xlim(-0.5, 23.5)
+        # One legend for the groups, above the panels, so it covers no data.
+        figure.legend(*ax_alpha.get_legend_handles_labels(), loc="upper center", ncol=min(len(groups), 4),
+                      fontsize="small", bbox_to_anchor=(0.5, 1 - 0.42 / 8.4), frameon=False, markerscale=3)
+    else:
+        for ax in (ax_alpha, ax_beta, ax_hour):
+            _say(ax, f"no {c.window_s:g}-s window has {c.min_arrivals} or more arrivals")
     ax_alpha.set_title(f"Gamma shape per {c.window_s:g}-s window (CV = 1/sqrt(alpha))")
     ax_beta.set_title(f"Gamma scale per {c.window_s:g}-s window")
-    ax_alpha.legend(fontsize="small")
     ax_hour.set_title("Median alpha by hour of day")
-    ax_hour.set_xlabel("hour of day")
-    ax_hour.set_ylabel("alpha")
-    ax_hour.set_xticks(range(0, 24, 2))
-    model, service = groups[0]
-    histogram = _of(c.gap_histograms, model, service)
-    fit = _of(c.arrival_summary, model, service)
-    if histogram.height and fit.height and fit["gamma_alpha"][0] is not None:
-        mid = np.sqrt(histogram["bin_start_s"].to_numpy() * histogram["bin_end_s"].to_numpy())
-        density = histogram["density_per_s"].to_numpy()
-        ax_pdf.plot(mid[density > 0], density[density > 0], "o", ms=3, color="C0",
-                    label=f"inter-arrival gaps ({_label(model, service)}), empty bins omitted")
-        alpha, beta = fit["gamma_alpha"][0], fit["gamma_beta_s"][0]
-        grid = np.geomspace(mid.min(), mid.max(), 300)
-        ax_pdf.plot(grid, stats.gamma.pdf(grid, alpha, scale=beta), color="C3",
-                    label=f"Gamma fit: alpha={alpha:.3g}, beta={beta:.3g} s")
-        ax_pdf.set_xscale("log")
-        ax_pdf.set_yscale("log")
-        shown = density[density > 0]
-        ax_pdf.set_ylim(shown.min() / 10, shown.max() * 10)
-        ax_pdf.set_xlabel("inter-arrival time (s)")
-        ax_pdf.set_ylabel("density (1/s)")
-        ax_pdf.legend(fontsize="small")
-        ax_pdf.set_title("Gap distribution and fitted Gamma density (whole trace)")
+    _plot_gap_density(ax_pdf, c, groups)
     figure.suptitle("Arrivals: Gamma fits of inter-arrival times (paper Fig 6)")
     return figure
+
+
+def _plot_gap_density(ax, c: Characterisation, groups: list[tuple]) -> None:
+    """Gap histogram of the largest group with a whole-trace Gamma fit, against the fitted density, and how its
+    timestamps were recorded (ties spread within the resolution or not)."""
+    ax.set_title("Gap distribution and fitted Gamma density (whole trace)")
+    for model, service in groups:
+        fit = _of(c.arrival_summary, model, service)
+        histogram = _of(c.gap_histograms, model, service)
+        if histogram.height and fit.height and fit["gamma_alpha"][0] is not None:
+            break
+    else:
+        _say(ax, "too few distinct gaps to fit")
+        return
+    r = fit.row(0, named=True)
+    mid = np.sqrt(histogram["bin_start_s"].to_numpy() * histogram["bin_end_s"].to_numpy())
+    density = histogram["density_per_s"].to_numpy()
+    shown = density > 0
+    ax.plot(mid[shown], density[shown], "o", ms=3, color="C0",
+            label=f"gaps of {_label(model, service)} (empty bins omitted)")
+    alpha, beta = r["gamma_alpha"], r["gamma_beta_s"]
+    grid = np.geomspace(mid.min(), mid.max(), 300)
+    ax.plot(grid, stats.gamma.pdf(grid, alpha, scale=beta), color="C3",
+            label=f"Gamma fit: alpha={alpha:.3g}, beta={beta:.3g} s")
+    _log_axis(ax, "x")
+    _log_axis(ax, "y")
+    ax.set_ylim(density[shown].min() / 10, density[shown].max() * 10)
+    ax.set_xlabel("inter-arrival time (s)")
+    ax.set_ylabel("density (1/s)")
+    ax.legend(fontsize="small", loc="lower left")
+    resolution = r.get("time_resolution_s")
+    tied = r.get("tied_arrival_fraction") or 0.0
+    note = (f"timestamps every {resolution:g} s, {100 * tied:.0f}% tied: spread within {resolution:g} s"
+            if resolution else f"continuous timestamps, {100 * tied:.1f}% tied (left out)")
+    ax.text(0.98, 0.97, note, transform=ax.transAxes, ha="right", va="top", fontsize="small", color="0.3")
 
 
 # ------------------------------------------------------------------------------------------------ Figs 7-9
@@ -304,9 +425,11 @@ def _plot_length_distributions(c: Characterisation) -> Figure | None:
     for row, (model, service) in enumerate(groups):
         for column, kind in enumerate(("request", "response")):
             ax = axes[row, column]
-            part = _of(histograms, model, service).filter(pl.col("kind") == kind)
+            part = _of(histograms, model, service)
+            part = part.filter(pl.col("kind") == kind) if part.height else part
+            ax.set_title(_label(model, service), fontsize="medium")
             if part.height == 0:
-                ax.set_visible(False)
+                _say(ax, "no successful request" if kind == "response" else "no request with tokens")
                 continue
             starts, ends = part["bin_start_tokens"].to_numpy(), part["bin_end_tokens"].to_numpy()
             counts = part["count"].to_numpy()
@@ -322,10 +445,11 @@ def _plot_length_distributions(c: Characterisation) -> Figure | None:
                 bimodality = _of(c.response_bimodality, model, service)
                 if bimodality.height and bimodality["bimodality_coefficient"][0] is not None:
                     r = bimodality.row(0, named=True)
+                    gain = "-" if r["mixture_delta_bic"] is None else f"{r['mixture_delta_bic']:.0f}"
+                    verdict = "-" if r["bimodal"] is None else ("yes" if r["bimodal"] else "no")
                     ax.text(0.98, 0.95, f"bimodality coeff. {r['bimodality_coefficient']:.2f}\n"
-                            f"2-mode BIC gain {r['mixture_delta_bic'] or 0:.0f}, bimodal: {r['bimodal']}",
+                            f"2-mode BIC gain {gain}, bimodal: {verdict}",
                             transform=ax.transAxes, ha="right", va="top", fontsize="small")
-            ax.set_title(_label(model, service), fontsize="medium")
             ax.set_xlabel(f"{kind} length (tokens)")
             ax.set_ylabel("requests")
             ax.legend(fontsize="small", loc="center right")
@@ -334,35 +458,41 @@ def _plot_length_distributions(c: Characterisation) -> Figure | None:
 
 
 def _overlay_zipf(ax, fit: pl.DataFrame, starts: np.ndarray, ends: np.ndarray, total: int) -> None:
-    """Expected requests per histogram bin under the fitted bounded Zipf law."""
-    if fit.height == 0:
+    """Expected requests per histogram bin under the fitted bounded Zipf law (nothing when theta is undefined:
+    one distinct length)."""
+    if fit.height == 0 or fit["zipf_theta"][0] is None:
         return
     r = fit.row(0, named=True)
-    k = np.arange(r["min_tokens"], r["max_tokens"] + 1, dtype=np.float64)
-    log_w = -r["zipf_theta"] * np.log(k)
-    pmf = np.exp(log_w - log_w.max())
-    pmf /= pmf.sum()
-    cumulative = np.concatenate([[0.0], np.cumsum(pmf)])
-    low = np.clip(np.ceil(starts) - r["min_tokens"], 0, k.size).astype(int)
-    high = np.clip(np.ceil(ends) - r["min_tokens"], 0, k.size).astype(int)
-    expected = (cumulative[high] - cumulative[low]) * r["n"]
+    # Bin [start, end) holds the integers ceil(start) .. ceil(end) - 1.
+    below = lambda edge: zipf_cdf(r["zipf_theta"], r["min_tokens"], r["max_tokens"], np.ceil(edge) - 1)  # noqa: E731
+    expected = (below(ends) - below(starts)) * r["n"]
     edges = np.append(starts, starts[-1] + (starts[1] - starts[0] if starts.size > 1 else 1.0))
     ax.stairs(expected, edges, color="C3",
-            label=f"Zipf fit theta={r['zipf_theta']:.3f} (KS {r['ks_stat']:.3f})")
+              label=f"Zipf fit theta={r['zipf_theta']:.3f} (KS {r['ks_stat']:.3f})")
+
+
+def _group_panels(c: Characterisation, table: pl.DataFrame, row_height: float, **margins) -> tuple[Figure, list]:
+    """A two-column figure with a titled panel per largest group (`_top_groups`); returns it and (ax, model,
+    service, rows of `table`) for the groups `table` has rows for; the other panels say there was none."""
+    groups = _top_groups(c)
+    figure = _new_figure(11, row_height * -(-len(groups) // 2), **margins)
+    panels = []
+    for ax, (model, service) in zip(_grid_axes(figure, len(groups)), groups, strict=True):
+        ax.set_title(_label(model, service), fontsize="medium")
+        part = _of(table, model, service)
+        if part.height:
+            panels.append((ax, model, service, part))
+        else:
+            _say(ax, "no successful request")
+    return figure, panels
 
 
 def _plot_request_vs_response(c: Characterisation) -> Figure | None:
     bins = c.request_response_bins
     if bins.height == 0:
         return None
-    groups = _top_groups(c)
-    figure = _new_figure(11, 3.6 * -(-len(groups) // 2), hspace=0.4, wspace=0.25)
-    axes = _grid_axes(figure, len(groups))
-    for ax, (model, service) in zip(axes, groups, strict=True):
-        part = _of(bins, model, service)
-        if part.height == 0:
-            ax.set_visible(False)
-            continue
+    figure, panels = _group_panels(c, bins, 3.6, hspace=0.4, wspace=0.25)
+    for ax, model, service, part in panels:
         width = float(np.diff(part["request_bin_start_tokens"].to_numpy()).min()) if part.height > 1 else 1.0
         x = part["request_bin_start_tokens"].to_numpy() + width / 2
         mean = part["response_mean_tokens"].to_numpy()
@@ -372,12 +502,16 @@ def _plot_request_vs_response(c: Characterisation) -> Figure | None:
                         alpha=0.2, label="25th-75th percentile")
         ax.plot(x, part["response_median_tokens"].to_numpy(), "--", label="median")
         line = _of(c.request_response_correlation, model, service)
-        if line.height:
-            r = line.row(0, named=True)
+        r = line.row(0, named=True) if line.height else {"n": 0, "slope": None}
+        if r["slope"] is not None:
+            correlation = ("" if r["pearson_r"] is None
+                           else f" (r={r['pearson_r']:.2f}, rho={r['spearman_rho']:.2f})")
             ax.plot(x, r["intercept_tokens"] + r["slope"] * x, color="C3",
-                    label=f"fit {r['intercept_tokens']:.0f} + {r['slope']:.3f} x (r={r['pearson_r']:.2f}, "
-                          f"rho={r['spearman_rho']:.2f})")
-        ax.set_title(_label(model, service), fontsize="medium")
+                    label=f"fit {r['intercept_tokens']:.0f} + {r['slope']:.3f} x{correlation}")
+        else:
+            why = "too few requests" if r["n"] < 2 else "constant request length"
+            ax.text(0.5, 0.06, f"{why} (n={r['n']}): no line fitted", transform=ax.transAxes, ha="center",
+                    va="bottom", color="0.35")
         ax.set_xlabel("request length bin (tokens)")
         ax.set_ylabel("response length (tokens)")
         ax.legend(fontsize="x-small")
@@ -389,14 +523,8 @@ def _plot_request_response_counts(c: Characterisation) -> Figure | None:
     counts = c.request_response_counts
     if counts.height == 0:
         return None
-    groups = _top_groups(c)
-    figure = _new_figure(11, 3.8 * -(-len(groups) // 2), hspace=0.4, wspace=0.3)
-    axes = _grid_axes(figure, len(groups))
-    for ax, (model, service) in zip(axes, groups, strict=True):
-        part = _of(counts, model, service)
-        if part.height == 0:
-            ax.set_visible(False)
-            continue
+    figure, panels = _group_panels(c, counts, 3.8, hspace=0.4, wspace=0.3)
+    for ax, _model, _service, part in panels:
         requests = np.sort(counts["request_bin_start_tokens"].unique().to_numpy())
         responses = np.sort(counts["response_bin_start_tokens"].unique().to_numpy())
         grid = np.zeros((responses.size, requests.size))
@@ -407,7 +535,6 @@ def _plot_request_response_counts(c: Characterisation) -> Figure | None:
         image = ax.pcolormesh(np.append(requests, requests[-1] + step_x), np.append(responses, responses[-1] + step_y),
                               np.ma.masked_equal(grid, 0), norm=LogNorm(), cmap="viridis")
         figure.colorbar(image, ax=ax, label="requests")
-        ax.set_title(_label(model, service), fontsize="medium")
         ax.set_xlabel("request length bin (tokens; last bin open)")
         ax.set_ylabel("response length bin (tokens)")
     figure.suptitle("Counts of request and response lengths in bins (paper Fig 9)")

@@ -1,7 +1,8 @@
-"""The simulator's engine driven in real time: steps take their simulated duration (times `time_scale`) of wall
-clock, and every request gets its tokens pushed to an asyncio queue at its step's end.
+"""The simulator's engine driven in real time: steps take their simulated duration divided by `time_scale` (K
+times faster, as `workload --time-scale K`) of wall clock, and every request gets its tokens pushed to an asyncio
+queue at its step's end.
 
-Sim time 0 is the driver's start; wall = start + sim x time_scale. Requests arriving while a step runs join
+Sim time 0 is the driver's start; wall = start + sim / time_scale. Requests arriving while a step runs join
 at the next step, exactly as in the offline engine (`burstgpt.sim.engine`). The HTTP layer refuses requests
 (prompt too long, queue full) before they reach the engine.
 """
@@ -39,8 +40,9 @@ class LiveRequest:
 
 
 class RealTimeEngine:
-    """Runs a `ServingEngine` one step at a time against the event loop's clock. `on_step(engine, finished)` is
-    called after each step with the requests that ended in it (for metrics)."""
+    """Runs a `ServingEngine` one step at a time against the event loop's clock, `time_scale` simulated seconds
+    per wall second. `on_step(engine, ended)` is called after each step with the requests that ended in it (for
+    metrics)."""
 
     def __init__(self, engine: ServingEngine, *, time_scale: float = 1.0, on_step=None) -> None:
         self.engine = engine
@@ -52,7 +54,7 @@ class RealTimeEngine:
         self._start = 0.0
 
     def sim_now(self) -> float:
-        return (asyncio.get_running_loop().time() - self._start) / self.time_scale
+        return (asyncio.get_running_loop().time() - self._start) * self.time_scale
 
     def start(self) -> None:
         self._start = asyncio.get_running_loop().time()
@@ -96,7 +98,7 @@ class RealTimeEngine:
                 # Idle until the next arrival: the engine's clock jumps to it, as offline.
                 engine.now = max(engine.now, float(engine.arrival[engine.next_arrival]))
             if engine.step():
-                delay = self._start + engine.now * self.time_scale - loop.time()
+                delay = self._start + engine.now / self.time_scale - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
             self._dispatch()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from burstgpt.sim.engine import DONE, INVALID, REJECTED, RUNNING, TIMED_OUT, WAITING, EngineConfig
+from burstgpt.sim.latency import StepWork
 
 
 @dataclass
@@ -32,11 +33,12 @@ class _Request:
 
 
 def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, output_tokens) -> dict[str, np.ndarray]:
-    """Simulate step by step; returns per-request arrays (state, first_scheduled, first_token, end, generated,
-    preemptions) and `step_times` (start of every step)."""
+    """Simulate step by step (`latency`: a `burstgpt.sim.latency.LatencyModel`); returns per-request arrays
+    (state, first_scheduled, first_token, end, generated, preemptions) and `step_times` (start of every step)."""
     timeout = config.timeout_s if config.timeout_s is not None else math.inf
     requests = [
-        _Request(i, float(a), int(p), max(int(o), 1), float(a) + timeout)
+        # A request stops at max_model_len tokens of context, as vLLM's does.
+        _Request(i, float(a), int(p), min(max(int(o), 1), max(config.max_model_len - int(p), 1)), float(a) + timeout)
         for i, (a, p, o) in enumerate(zip(arrival_s, prompt_tokens, output_tokens, strict=True))
     ]
     bs = config.block_size
@@ -103,6 +105,7 @@ def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, 
             scheduled.append((req, chunk))
             budget -= chunk
             index += 1
+        admitted = 0
         if not preempted:
             while waiting and budget > 0 and len(running) < config.max_num_seqs:
                 req = waiting[0]
@@ -119,15 +122,17 @@ def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, 
                 running.append(req)
                 scheduled.append((req, chunk))
                 budget -= chunk
-        prefill = decode = pairs = kv = 0
+                admitted += 1
+        prefill = decode = prefill_pairs = decode_kv = prefill_kv = 0
         for req, chunk in scheduled:
             if chunk == 1 and req.generated > 0 and req.computed == req.prompt + req.generated - 1:
                 decode += 1
+                decode_kv += req.computed + 1
             else:
                 prefill += chunk
-            pairs += chunk * req.computed + chunk * (chunk + 1) // 2
-            kv += req.computed + chunk
-        duration = float(latency.step_time(prefill, decode, pairs, kv))
+                prefill_pairs += chunk * req.computed + chunk * (chunk + 1) // 2
+                prefill_kv += req.computed + chunk
+        duration = float(latency.cost(StepWork(prefill, decode, prefill_pairs, decode_kv, prefill_kv, admitted)))
         step_times.append(now)
         end = now + duration
         for req, chunk in scheduled:

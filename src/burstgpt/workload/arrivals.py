@@ -3,7 +3,9 @@ float64 array of shape (n,), drawn from a `numpy.random.Generator` the caller se
 
 Gamma renewal: gaps between consecutive requests are Gamma(shape alpha, scale beta_s) seconds, so the mean gap
 is alpha * beta_s and the coefficient of variation 1/sqrt(alpha) (smaller alpha = burstier). Poisson is
-alpha = 1, constant rate is a fixed gap. A process starts with a request at time 0.
+alpha = 1, constant rate is a fixed gap. A process starts with a request at time 0. Schedules work for any
+renewal process of `burstgpt.workload.processes` (gamma, poisson, weibull, constant): alpha is then the
+process's shape and beta_s its scale.
 
 Time-varying burstiness (`ParamSchedule`): alpha and beta are piecewise constant, changing every T seconds or
 every N requests. Every N requests: the gap before request i is drawn with the step of request i. Every T
@@ -21,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from burstgpt.errors import BurstGPTError
+from burstgpt.workload.processes import get_process
 
 SHAPES = ("constant", "linear", "quadratic", "step")
 
@@ -50,6 +53,18 @@ def constant_arrivals(num_requests: int, rate_rps: float) -> np.ndarray:
     return np.arange(num_requests, dtype=np.float64) / rate_rps
 
 
+def renewal_arrivals(
+    num_requests: int, process: str, shape: float, scale_s: float, rng: np.random.Generator
+) -> np.ndarray:
+    """`num_requests` arrivals of a stationary renewal process of kind `process` (see
+    `burstgpt.workload.processes`) with gap shape `shape` and scale `scale_s` seconds, first at 0."""
+    renewal = get_process(process)
+    shape = renewal.fixed_shape if renewal.fixed_shape is not None else shape
+    _check_gamma(shape, scale_s)
+    gaps = renewal.unit_gaps(shape, rng, max(num_requests - 1, 0)) * scale_s
+    return _arrivals_from_gaps(gaps, num_requests)
+
+
 def _arrivals_from_gaps(gaps: np.ndarray, num_requests: int) -> np.ndarray:
     arrivals = np.zeros(num_requests, dtype=np.float64)
     if num_requests > 1:
@@ -73,7 +88,7 @@ def _check_rate(rate_rps: float) -> None:
 
 @dataclass(frozen=True)
 class ParamSchedule:
-    """Piecewise-constant Gamma parameters.
+    """Piecewise-constant renewal parameters: shape `alpha` and scale `beta_s` of `process` (default gamma).
 
     Step k is in force on [starts[k], starts[k+1]) (the last step up to `end`), in `unit` = "seconds" of the
     workload clock or "requests" (request index). After `end`: `after_end="hold"` keeps the last step for
@@ -87,8 +102,10 @@ class ParamSchedule:
     unit: Literal["seconds", "requests"]
     end: float
     after_end: Literal["hold", "cycle"] = "hold"
+    process: str = "gamma"  # a kind of burstgpt.workload.processes
 
     def __post_init__(self) -> None:
+        get_process(self.process)  # a clear error for an unknown kind
         starts = np.asarray(self.starts, dtype=np.float64)
         if starts.ndim != 1 or starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0):
             raise BurstGPTError("schedule steps must start at 0 and increase")
@@ -113,22 +130,31 @@ class ParamSchedule:
         step: float,
         unit: Literal["seconds", "requests"],
         after_end: Literal["hold", "cycle"] = "hold",
+        process: str = "gamma",
     ) -> ParamSchedule:
-        """Steps of equal length `step` (seconds or requests)."""
+        """Steps of equal length `step` (seconds or requests) of a renewal `process`."""
         alpha = np.asarray(alpha, dtype=np.float64)
         beta_s = np.broadcast_to(np.asarray(beta_s, dtype=np.float64), alpha.shape).copy()
         if not step > 0:
             raise BurstGPTError(f"schedule step must be positive, got {step}")
         starts = np.arange(alpha.size, dtype=np.float64) * step
-        return cls(starts, alpha, beta_s, unit, float(alpha.size * step), after_end)
+        return cls(starts, alpha, beta_s, unit, float(alpha.size * step), after_end, process)
 
     @property
     def num_steps(self) -> int:
         return int(self.starts.size)
 
+    def mean_gap_s(self, alpha: np.ndarray | None = None, beta_s: np.ndarray | None = None) -> np.ndarray:
+        """Mean gap of each step (or of the given shapes and scales), seconds; NaN/inf propagate."""
+        alpha = self.alpha if alpha is None else alpha
+        beta_s = self.beta_s if beta_s is None else beta_s
+        with np.errstate(invalid="ignore"):
+            return get_process(self.process).unit_mean(np.asarray(alpha, dtype=np.float64)) * np.asarray(beta_s)
+
     def to_frame(self) -> pl.DataFrame:
-        """Columns start (seconds or requests), alpha, beta_s, mean_rate_rps (1/(alpha*beta_s))."""
-        rate = np.where(_positive_rate(self.alpha, self.beta_s), 1.0 / (self.alpha * self.beta_s), 0.0)
+        """Columns start (seconds or requests), alpha, beta_s, mean_rate_rps (1 / mean gap)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = np.where(_positive_rate(self.alpha, self.beta_s), 1.0 / self.mean_gap_s(), 0.0)
         return pl.DataFrame(
             {"start": self.starts, "alpha": self.alpha, "beta_s": self.beta_s, "mean_rate_rps": rate}
         )
@@ -241,7 +267,7 @@ def _request_indexed_arrivals(
     if num_requests is not None:
         return _request_chunk(schedule, rng, 1, num_requests, 0.0, first=True)
     # Bounded by duration only: draw chunks until the clock passes it.
-    mean_gap = float(np.mean(schedule.alpha * schedule.beta_s))
+    mean_gap = float(np.mean(schedule.mean_gap_s()))
     chunk = int(min(max(duration_s / mean_gap * 1.1, 1024), 10_000_000))
     parts = [np.zeros(1)]
     produced, clock = 1, 0.0
@@ -258,6 +284,7 @@ def _request_chunk(
     *, first: bool,
 ) -> np.ndarray:
     count = stop_index - first_index
+    process = get_process(schedule.process)
     gaps = np.empty(count)
     # Position in `gaps` of each step's first request (request indices are integers, steps start at starts[k]).
     bounds = np.clip(np.append(np.ceil(schedule.starts) - first_index, count), 0, count).astype(np.int64)
@@ -267,14 +294,14 @@ def _request_chunk(
         if schedule.after_end == "cycle":
             index = np.mod(index, schedule.end)
         step = np.searchsorted(schedule.starts, index, side="right") - 1
-        rng.standard_gamma(schedule.alpha[step], out=gaps)
+        gaps[:] = process.unit_gaps(schedule.alpha[step], rng, count)
         gaps *= schedule.beta_s[step]
     else:
         # Requests are contiguous per step: draw each step's gaps with a scalar shape (numpy's per-element
         # shape path is ~8x slower). The loop is over schedule steps (>= 32 requests each), not requests.
         for k in steps_used:
             lo, hi = bounds[k], bounds[k + 1]
-            rng.standard_gamma(schedule.alpha[k], out=gaps[lo:hi])
+            gaps[lo:hi] = process.unit_gaps(float(schedule.alpha[k]), rng, int(hi - lo))
             gaps[lo:hi] *= schedule.beta_s[k]
     times = clock + np.cumsum(gaps)
     return np.concatenate([[0.0], times]) if first else times
@@ -284,7 +311,7 @@ def _time_indexed_arrivals(
     schedule: ParamSchedule, rng: np.random.Generator, num_requests: int | None, duration_s: float | None
 ) -> np.ndarray:
     """Time-rescaled renewal process. Operational time u = Lambda(t), the integral of the schedule's rate
-    1/(alpha*beta), runs at rate 1; in it gaps are Gamma(alpha_k, 1/alpha_k) (mean 1) with the alpha of the
+    1/(mean gap), runs at rate 1; in it gaps have shape alpha_k and mean 1 (Gamma(alpha_k, 1/alpha_k)) with the alpha of the
     window where the gap starts, and arrivals are mapped back through the inverse of Lambda. Inside one window
     this is exactly Gamma(alpha_k, beta_k) gaps; a gap that crosses a boundary is stretched by the next
     window's rate instead of keeping the first window's, so every window gets its expected count
@@ -293,9 +320,10 @@ def _time_indexed_arrivals(
     live = clock.rates > 0
     op_starts = clock.op_edges[:-1][live]
     alpha = schedule.alpha[live]
-    operational = ParamSchedule(
-        op_starts - op_starts[0], alpha, 1.0 / alpha, "seconds", clock.op_edges[-1] - op_starts[0],
-        schedule.after_end if schedule.after_end == "cycle" else "hold",
+    unit_mean = get_process(schedule.process).unit_mean(alpha)
+    operational = ParamSchedule(  # mean gap 1 in operational time
+        op_starts - op_starts[0], alpha, 1.0 / unit_mean, "seconds", clock.op_edges[-1] - op_starts[0],
+        schedule.after_end if schedule.after_end == "cycle" else "hold", schedule.process,
     )
     op_duration = None if duration_s is None else clock.forward(duration_s) - op_starts[0]
     if schedule.after_end == "hold" and not clock.rates[-1] > 0:
@@ -313,7 +341,7 @@ class _Clock:
         lengths = np.diff(np.append(schedule.starts, schedule.end))
         positive = _positive_rate(schedule.alpha, schedule.beta_s)
         with np.errstate(divide="ignore", invalid="ignore"):
-            self.rates = np.where(positive, 1.0 / (schedule.alpha * schedule.beta_s), 0.0)
+            self.rates = np.where(positive, 1.0 / schedule.mean_gap_s(), 0.0)
         self.op_edges = np.concatenate([[0.0], np.cumsum(self.rates * lengths)])
 
     def forward(self, t: float) -> float:
@@ -354,15 +382,17 @@ def _renewal_walk(
     end, continue from there. The loop is over windows, not requests. Starts with an arrival at 0."""
     parts: list[np.ndarray] = [np.zeros(1)]
     produced, clock = 1, 0.0
+    process = get_process(schedule.process)
+    mean_gaps = schedule.mean_gap_s()
     while (num_requests is None or produced < num_requests) and (duration_s is None or clock < duration_s):
         k, window_end = schedule._locate(clock)
         alpha, beta_s = float(schedule.alpha[k]), float(schedule.beta_s[k])
         horizon = min(window_end, duration_s if duration_s is not None else np.inf)
-        expected = (horizon - clock) / (alpha * beta_s) if np.isfinite(horizon) else np.inf
+        expected = (horizon - clock) / float(mean_gaps[k]) if np.isfinite(horizon) else np.inf
         batch = int(min(expected * 1.2 + 8.0 * np.sqrt(expected + 1.0) + 8.0, 4_000_000))
         if num_requests is not None:
             batch = min(batch, num_requests - produced + 1)
-        times = clock + np.cumsum(rng.standard_gamma(alpha, batch) * beta_s)
+        times = clock + np.cumsum(process.unit_gaps(alpha, rng, batch) * beta_s)
         kept = times[: int(np.searchsorted(times, window_end, side="left")) + 1]
         parts.append(kept)
         produced += kept.size

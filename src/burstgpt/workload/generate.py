@@ -12,11 +12,12 @@ import numpy as np
 import polars as pl
 
 from burstgpt.errors import BurstGPTError
+from burstgpt.trace.filters import filter_trace_frame
 from burstgpt.trace.schema import Trace
 from burstgpt.workload.arrivals import quiet_opening_end, replay_arrivals
-from burstgpt.workload.lengths import RESPONSE_MODES, EmpiricalResponses
-from burstgpt.workload.prompts import PromptPool, Tokenizer
+from burstgpt.workload.prompts import PromptPool
 from burstgpt.workload.schema import conform_workload
+from burstgpt.workload.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -32,47 +33,6 @@ class SeedStreams:
 def seed_streams(seed: int) -> SeedStreams:
     children = np.random.SeedSequence(seed).spawn(4)
     return SeedStreams(*(np.random.default_rng(c) for c in children))
-
-
-@dataclass(frozen=True)
-class ResponseSpec:
-    """How response lengths are set.
-
-    mode "model": left to the model (output_tokens null), capped by `max_output_tokens` (the paper's default);
-    "fixed": every request asks for exactly `fixed_tokens`; "empirical": drawn from `empirical` given each
-    request's length; "trace": the trace's own response lengths (replay only; failed trace requests, with 0
-    response tokens, are left to the model). `max_output_tokens` (nullable) is written for every mode.
-    """
-
-    mode: str = "model"
-    max_output_tokens: int | None = 2048
-    fixed_tokens: int | None = None
-    empirical: EmpiricalResponses | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in RESPONSE_MODES:
-            raise BurstGPTError(f"unknown response mode {self.mode!r}; choose one of {', '.join(RESPONSE_MODES)}")
-        if self.mode == "fixed" and not (self.fixed_tokens and self.fixed_tokens > 0):
-            raise BurstGPTError("fixed response lengths need a positive --output-tokens")
-        if self.mode == "empirical" and self.empirical is None:
-            raise BurstGPTError("empirical response lengths need a params file or a trace to take them from")
-        if self.max_output_tokens is not None and self.max_output_tokens <= 0:
-            raise BurstGPTError(f"max output tokens must be positive, got {self.max_output_tokens}")
-
-    def output_tokens(
-        self, input_tokens: np.ndarray, rng: np.random.Generator, trace_response_tokens: np.ndarray | None = None
-    ) -> np.ndarray | None:
-        """Intended output lengths (int64, tokens; -1 = left to the model), or None when all are left."""
-        if self.mode == "model":
-            return None
-        if self.mode == "fixed":
-            return np.full(input_tokens.size, self.fixed_tokens, dtype=np.int64)
-        if self.mode == "empirical":
-            return self.empirical.sample(input_tokens, rng)
-        if trace_response_tokens is None:
-            raise BurstGPTError("response lengths from the trace are only available when replaying a trace")
-        out = np.asarray(trace_response_tokens, dtype=np.int64)
-        return np.where(out > 0, out, -1)
 
 
 def assemble_workload(
@@ -134,27 +94,6 @@ def attach_prompts(
     return frame.with_columns(pool.prompts_for(ids)), int(np.sum(ids < 0))
 
 
-def filter_trace_rows(
-    frame: pl.DataFrame,
-    *,
-    models: list[str] | None = None,
-    services: list[str] | None = None,
-    start_s: float | None = None,
-    end_s: float | None = None,
-) -> pl.DataFrame:
-    """Trace rows of any of `models` and `services` with start_s <= timestamp_s < end_s (trace seconds)."""
-    conditions = []
-    if models:
-        conditions.append(pl.col("model").is_in(models))
-    if services:
-        conditions.append(pl.col("service").is_in(services))
-    if start_s is not None:
-        conditions.append(pl.col("timestamp_s") >= start_s)
-    if end_s is not None:
-        conditions.append(pl.col("timestamp_s") < end_s)
-    return frame.filter(pl.all_horizontal(conditions)) if conditions else frame
-
-
 @dataclass(frozen=True)
 class ReplaySelection:
     """The part of a trace replayed: rows kept, their arrival times and where replay started."""
@@ -178,7 +117,7 @@ def select_replay(
     """Rows of `trace` with start_s <= timestamp_s < end_s (trace seconds), of the given models/services,
     optionally starting after the trace's long low-rate opening (`quiet_opening_end`), replayed `scale` times
     faster from the first kept row (time 0)."""
-    frame = filter_trace_rows(trace.frame, models=models, services=services, start_s=start_s, end_s=end_s)
+    frame = filter_trace_frame(trace.frame, models=models, services=services, start_s=start_s, end_s=end_s)
     if frame.height and skip_quiet_start:
         quiet_end = quiet_opening_end(frame["timestamp_s"].to_numpy(), quiet_window_s)
         frame = frame.filter(pl.col("timestamp_s") >= quiet_end)

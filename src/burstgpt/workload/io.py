@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
 
 from burstgpt.errors import InputError
 from burstgpt.outputs import atomic_path
-from burstgpt.workload.schema import WORKLOAD_SCHEMA, conform_workload
+from burstgpt.tables import first_true_index
+from burstgpt.workload.schema import WORKLOAD_SCHEMA, conform_workload, validate_workload
 
 _REQUIRED = ("arrival_s", "input_tokens")
 
@@ -29,7 +31,8 @@ def write_workload(frame: pl.DataFrame, path: str | Path) -> Path:
 
 
 def read_workload(path: str | Path) -> pl.DataFrame:
-    """Read a workload file and check it: required columns present, arrivals non-negative and sorted."""
+    """Read a workload file and check it (`validate_workload`): required columns present, arrivals finite,
+    non-negative and sorted."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
@@ -43,7 +46,8 @@ def read_workload(path: str | Path) -> pl.DataFrame:
     except InputError:
         raise
     except Exception as exc:  # polars raises several error types for unreadable files
-        raise InputError(path, f"cannot read workload: {str(exc).splitlines()[0]}") from None
+        line = _first_bad_json_line(path) if path.suffix != ".parquet" else None
+        raise InputError(path, f"cannot read workload: {str(exc).splitlines()[0]}", line=line) from None
     for name in _REQUIRED:
         if name not in frame.columns:
             raise InputError(path, "missing required column", column=name)
@@ -52,14 +56,25 @@ def read_workload(path: str | Path) -> pl.DataFrame:
             bad = _first_bad_cast(frame, name, WORKLOAD_SCHEMA[name])
             if bad is not None:
                 raise InputError(path, f"not a valid {WORKLOAD_SCHEMA[name]}", line=bad + 1, column=name)
-    frame = conform_workload(frame)
-    for name in ("arrival_s", "input_tokens"):
-        bad = _first_index(frame[name].is_null() | (frame[name] < 0))
-        if bad is not None:
-            raise InputError(path, "missing or negative value", line=bad + 1, column=name)
-    if frame.height > 1 and not frame["arrival_s"].is_sorted():
-        frame = frame.sort("arrival_s", maintain_order=True)
-    return frame
+    return validate_workload(conform_workload(frame), path)
+
+
+def _first_bad_json_line(path: Path) -> int | None:
+    """1-based number of the first line that is not a strict JSON object (NaN and Infinity are not JSON)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                if not isinstance(json.loads(raw, parse_constant=refuse), dict):
+                    return number
+            except ValueError:
+                return number
+    return None
 
 
 def _first_bad_cast(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> int | None:
@@ -67,9 +82,6 @@ def _first_bad_cast(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> int |
     if column.dtype == dtype:
         return None
     cast = column.cast(dtype, strict=False)
-    return _first_index(cast.is_null() & column.is_not_null())
+    return first_true_index(cast.is_null() & column.is_not_null())
 
 
-def _first_index(mask: pl.Series) -> int | None:
-    idx = mask.arg_true()
-    return int(idx[0]) if idx.len() else None

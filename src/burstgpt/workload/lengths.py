@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from burstgpt.analysis.fits import zipf_pmf
 from burstgpt.errors import BurstGPTError
 
 RESPONSE_MODES = ("model", "fixed", "empirical", "trace")
@@ -36,12 +37,8 @@ class ZipfLengths:
             raise BurstGPTError("Zipf range is too wide (more than 50 million lengths)")
 
     def pmf(self) -> np.ndarray:
-        """Probabilities of min_tokens..max_tokens, shape (max - min + 1,)."""
-        k = np.arange(self.min_tokens, self.max_tokens + 1, dtype=np.float64)
-        # Work in logs relative to the largest term so large theta does not underflow to all zeros.
-        log_w = -self.theta * np.log(k)
-        weights = np.exp(log_w - log_w.max())
-        return weights / weights.sum()
+        """Probabilities of min_tokens..max_tokens, shape (max - min + 1,) (`burstgpt.analysis.fits.zipf_pmf`)."""
+        return zipf_pmf(self.theta, self.min_tokens, self.max_tokens)
 
     def sample(self, size: int, rng: np.random.Generator) -> np.ndarray:
         """`size` lengths, int64, by inverting the cumulative distribution.

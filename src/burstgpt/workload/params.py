@@ -7,11 +7,15 @@ File layout (`format: burstgpt-workload-params/1`):
     mean_rate_rps              num_requests / duration_s
     arrivals.window_s          window length of the per-window fits (the paper's 20 minutes by default)
     arrivals.overall           Gamma fit of all inter-arrival gaps: alpha, beta_s, cv
+    arrivals.timestamps        how the timestamps were recorded: time_resolution_s (null: continuous),
+                               tied_arrival_fraction, ties_spread (arrivals spread within the resolution first)
     arrivals.windows           one row per window in order: window_start_s, window_end_s, n_arrivals, rate_rps,
                                alpha, beta_s, cv (null where the window had too few arrivals to fit)
-    request_tokens             bounded Zipf: theta, min_tokens, max_tokens, ks_stat
-    response_tokens            failure_rate, mean, linear fit response = intercept + slope * request (successes),
-                               and `empirical`: request-length bin_edges with response-length quantiles per bin
+    request_tokens             bounded Zipf: theta, min_tokens, max_tokens, ks_stat (theta and ks_stat null
+                               when every request has the same length: min_tokens = max_tokens)
+    response_tokens            failure_rate, mean, linear_fit response = intercept + slope * request (successes;
+                               absent when request lengths do not vary), and `empirical`: request-length
+                               bin_edges with response-length quantiles per bin
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ class WorkloadParams:
     responses: EmpiricalResponses | None = None
     response_summary: dict = field(default_factory=dict)
     filters: dict = field(default_factory=dict)
+    timestamps: dict = field(default_factory=dict)
+
+    @property
+    def zipf_theta(self) -> float | None:
+        """The fitted Zipf exponent; None when all request lengths are equal (no exponent is defined)."""
+        return None if self.zipf.min_tokens == self.zipf.max_tokens else self.zipf.theta
 
     def to_dict(self) -> dict:
         return {
@@ -67,10 +77,11 @@ class WorkloadParams:
                     "cv": 1.0 / np.sqrt(self.overall_alpha) if self.overall_alpha > 0 else None,
                 },
                 "windows": self.windows.select(WINDOW_COLUMNS).to_dicts(),
+                "timestamps": self.timestamps,
             },
             "request_tokens": {
                 "distribution": "zipf: P(k) proportional to k**-theta on integers [min_tokens, max_tokens]",
-                "theta": self.zipf.theta,
+                "theta": self.zipf_theta,
                 "min_tokens": self.zipf.min_tokens,
                 "max_tokens": self.zipf.max_tokens,
                 "ks_stat": self.zipf_ks_stat,
@@ -87,34 +98,51 @@ def fit_workload_params(
     """Fit per-window Gamma arrivals, Zipf request lengths and the response model of a (filtered) trace.
 
     Windows are aligned on multiples of `window_s` from the trace clock's origin (for BurstGPT, midnight).
-    Fits are `burstgpt.analysis.fits`' (whole-second timestamps are spread inside their second first).
+    Fits are `burstgpt.analysis.fits`': tied timestamps are spread within their recording resolution first
+    (`time_resolution`, `dequantize_timestamps`), once for the overall and the per-window fits. A trace the fits
+    cannot describe (fewer than 3 requests, gaps that are all equal, request lengths over the sampler's range)
+    raises `BurstGPTError` naming it; constant request lengths give a Zipf law on one length (theta null).
     """
-    from burstgpt.analysis.fits import fit_gamma, fit_zipf, interarrival_gaps
+    from burstgpt.analysis.fits import FitError, dequantize_timestamps, fit_gamma, fit_zipf, time_resolution
+    from burstgpt.analysis.lengths import linear_fit
 
     frame = trace.frame
     if frame.height < 3:
         raise BurstGPTError(f"{trace.source}: need at least 3 requests to fit a workload, got {frame.height}")
     timestamps = frame["timestamp_s"].to_numpy()
-    windows = window_table(timestamps, window_s, min_arrivals)
-    # interarrival_gaps spreads whole-second timestamps (BurstGPT's) inside their second before differencing.
-    overall = fit_gamma(interarrival_gaps(timestamps))
+    resolution = time_resolution(timestamps)
+    spread = dequantize_timestamps(timestamps, resolution.resolution_s or 0.0)
+    windows = window_table(spread, window_s, min_arrivals, resolution_s=0.0)
+    gaps = np.diff(spread)
+    try:
+        overall = fit_gamma(gaps[gaps > 0])
+    except FitError as exc:
+        raise BurstGPTError(f"{trace.source}: cannot fit the arrivals: {exc}") from None
     requests = frame["request_tokens"].to_numpy()
     responses = frame["response_tokens"].to_numpy()
     positive_requests = requests[requests > 0]
     if positive_requests.size == 0:
         raise BurstGPTError(f"{trace.source}: no request has a positive token count")
-    zipf_fit = fit_zipf(positive_requests)
+    try:
+        zipf_fit = fit_zipf(positive_requests)
+        theta, ks_stat = float(zipf_fit.theta), float(zipf_fit.ks_stat)
+    except FitError:  # every request has the same length: a law on that one length, no exponent
+        theta, ks_stat = 0.0, None
+    low, high = int(positive_requests.min()), int(positive_requests.max())
+    try:
+        zipf = ZipfLengths(theta, low, high)
+    except BurstGPTError as exc:
+        raise BurstGPTError(f"{trace.source}: request lengths {low:,}..{high:,} tokens: {exc}") from None
     ok = responses > 0
     summary: dict = {"failure_rate": float(np.mean(~ok))}
     empirical = None
-    if ok.sum() >= 2:
-        slope, intercept = np.polyfit(requests[ok].astype(float), responses[ok].astype(float), 1)
-        summary.update(
-            mean=float(responses[ok].mean()),
-            linear_fit={"intercept": float(intercept), "slope": float(slope)},
-            model="empirical response-given-request quantiles (below); generation defaults to leaving "
-            "responses to the model",
-        )
+    if ok.any():
+        summary["mean"] = float(responses[ok].mean())
+        line = linear_fit(requests[ok], responses[ok])
+        if line.slope is not None:  # left out when the request lengths do not vary
+            summary["linear_fit"] = {"intercept": line.intercept, "slope": line.slope}
+        summary["model"] = ("empirical response-given-request quantiles (below); generation defaults to leaving "
+                            "responses to the model")
         empirical = EmpiricalResponses.fit(requests, responses)
     duration = float(timestamps[-1] - timestamps[0])
     return WorkloadParams(
@@ -126,23 +154,26 @@ def fit_workload_params(
         overall_alpha=float(overall.alpha),
         overall_beta_s=float(overall.beta_s),
         windows=windows,
-        zipf=ZipfLengths(float(zipf_fit.theta), int(zipf_fit.min_tokens), int(zipf_fit.max_tokens)),
-        zipf_ks_stat=float(zipf_fit.ks_stat),
+        zipf=zipf,
+        zipf_ks_stat=ks_stat,
         responses=empirical,
         response_summary=summary,
         filters=filters or {},
+        timestamps=resolution.to_dict(),
     )
 
 
-def window_table(timestamps_s: np.ndarray, window_s: float = 1200.0, min_arrivals: int = 10) -> pl.DataFrame:
+def window_table(timestamps_s: np.ndarray, window_s: float = 1200.0, min_arrivals: int = 10, *,
+                 resolution_s: float | None = None) -> pl.DataFrame:
     """Per-window arrival counts and Gamma fits (`WINDOW_COLUMNS`), every window from the one holding the first
     timestamp to the one holding the last, empty ones included, aligned on multiples of `window_s` of the trace
-    clock; fit columns are null where a window has fewer than `min_arrivals` arrivals."""
+    clock; fit columns are null where a window has fewer than `min_arrivals` arrivals. `resolution_s` as in
+    `burstgpt.analysis.fits.gamma_fit_per_window` (None: detect it and spread tied timestamps; 0: as given)."""
     from burstgpt.analysis.fits import gamma_fit_per_window
 
     if not window_s > 0:
         raise BurstGPTError(f"window length must be positive, got {window_s}")
-    fits = gamma_fit_per_window(timestamps_s, window_s=window_s, min_arrivals=min_arrivals)
+    fits = gamma_fit_per_window(timestamps_s, window_s=window_s, min_arrivals=min_arrivals, resolution_s=resolution_s)
     return fits.select(WINDOW_COLUMNS)
 
 
@@ -188,11 +219,14 @@ def read_params(path: str | Path) -> WorkloadParams:
             overall_alpha=float(arrivals["overall"]["alpha"]),
             overall_beta_s=float(arrivals["overall"]["beta_s"]),
             windows=windows,
-            zipf=ZipfLengths(float(requests["theta"]), int(requests["min_tokens"]), int(requests["max_tokens"])),
+            # theta is null when all lengths were equal (min = max): any exponent gives that one length.
+            zipf=ZipfLengths(float(requests["theta"] if requests["theta"] is not None else 0.0),
+                             int(requests["min_tokens"]), int(requests["max_tokens"])),
             zipf_ks_stat=requests.get("ks_stat"),
             responses=EmpiricalResponses.from_dict(empirical) if empirical else None,
             response_summary={k: v for k, v in response.items() if k != "empirical"},
             filters=data.get("filters") or {},
+            timestamps=arrivals.get("timestamps") or {},
         )
     except InputError:
         raise

@@ -4,9 +4,8 @@ Sources: ShareGPT-format JSON (human/user turns), Alpaca-format JSON (instructio
 field, plain text (one prompt per blank-line-separated paragraph), a local Hugging Face dataset (when the
 `datasets` package is installed), or `synthetic`, a built-in deterministic text source that needs no file.
 
-Tokenizers: `builtin` (deterministic, offline: every run of up to 6 letters, every digit and every punctuation
-mark is one token; about 1.3 tokens per English word), a `tokenizer.json` file through the `tokenizers`
-package, or a `transformers` tokenizer name that is already in the local cache.
+Tokenizers come from `burstgpt.workload.tokenizer` (builtin, a `tokenizer.json`, or a cached `transformers`
+name): the one token-counting rule of the whole package.
 
 `PromptPool.build` keeps up to `buffer_size` prompts for the lengths a workload needs: for each length L it
 picks source prompts with at least L tokens uniformly at random and truncates them so that the re-tokenised
@@ -16,142 +15,20 @@ picks, for each request, uniformly among the pool's prompts of its length.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import polars as pl
 
 from burstgpt.errors import BurstGPTError, InputError
+from burstgpt.workload.tokenizer import Tokenizer
 
 SOURCE_FORMATS = ("auto", "sharegpt", "alpaca", "jsonl", "text", "hf", "synthetic")
 _TEXT_FIELDS = ("text", "prompt", "content", "instruction", "question", "input")
-_BUILTIN_PATTERN = r"[^\W\d_]{1,6}|\d|[^\w\s]|_"
-
-
-class Tokenizer(Protocol):
-    """Counts tokens and truncates texts to an exact token count."""
-
-    name: str
-
-    def count(self, texts: list[str]) -> np.ndarray:
-        """Token count of each text, int64, shape (len(texts),)."""
-
-    def truncate(self, text: str, num_tokens: int) -> str | None:
-        """A prefix of `text` that re-tokenises to exactly `num_tokens` tokens, or None if there is none."""
-
-
-class BuiltinTokenizer:
-    """Deterministic offline tokenizer: a run of up to 6 letters, a digit or a punctuation mark is one token;
-    whitespace separates tokens and is not one. Prefix-stable, so truncation is always exact."""
-
-    name = "builtin"
-
-    def __init__(self) -> None:
-        self._regex = re.compile(_BUILTIN_PATTERN)
-
-    def count(self, texts: list[str]) -> np.ndarray:
-        # Vectorised in polars' regex engine, which agrees with Python's `re` on this pattern.
-        return pl.Series(texts, dtype=pl.Utf8).str.count_matches(_BUILTIN_PATTERN).fill_null(0).to_numpy().astype(
-            np.int64
-        )
-
-    def truncate(self, text: str, num_tokens: int) -> str | None:
-        if num_tokens <= 0:
-            return None
-        ends = self._token_ends(text)
-        if ends.size < num_tokens:
-            return None
-        return text[: ends[num_tokens - 1]]
-
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - tokenizer instances live as long as a pool build
-    def _token_ends(self, text: str) -> np.ndarray:
-        return np.fromiter((m.end() for m in self._regex.finditer(text)), dtype=np.int64)
-
-
-class SubwordTokenizer:
-    """A real tokenizer given as encode/decode functions (no special tokens). Truncation cuts the ids, decodes,
-    re-encodes and corrects the cut a few times until the re-tokenised count is exact."""
-
-    def __init__(
-        self,
-        name: str,
-        encode: Callable[[str], list[int]],
-        decode: Callable[[list[int]], str],
-        encode_batch: Callable[[list[str]], list[list[int]]] | None = None,
-    ) -> None:
-        self.name = name
-        self._encode = functools.lru_cache(maxsize=256)(encode)
-        self._decode = decode
-        self._encode_batch = encode_batch
-
-    def count(self, texts: list[str]) -> np.ndarray:
-        if self._encode_batch is not None:
-            return np.array([len(ids) for ids in self._encode_batch(texts)], dtype=np.int64)
-        return np.array([len(self._encode(t)) for t in texts], dtype=np.int64)
-
-    def truncate(self, text: str, num_tokens: int) -> str | None:
-        ids = self._encode(text)
-        if num_tokens <= 0 or len(ids) < num_tokens:
-            return None
-        cut = num_tokens
-        for _ in range(6):
-            candidate = self._decode(list(ids[:cut]))
-            got = len(self._encode(candidate))
-            if got == num_tokens:
-                return candidate
-            cut += num_tokens - got
-            if cut <= 0 or cut > len(ids):
-                return None
-        return None
-
-
-def load_tokenizer(spec: str = "builtin") -> Tokenizer:
-    """`builtin`; a path to a `tokenizer.json` (needs the `tokenizers` package); or a `transformers` tokenizer
-    name or local directory (needs `transformers`; loaded from the local cache only, never downloaded)."""
-    if spec in ("", "builtin"):
-        return BuiltinTokenizer()
-    path = Path(spec)
-    if path.suffix == ".json" or (path.is_file() and path.name.endswith("tokenizer.json")):
-        if not path.is_file():
-            raise InputError(path, "no such tokenizer file")
-        if importlib.util.find_spec("tokenizers") is None:
-            raise BurstGPTError(
-                "a tokenizer.json needs the 'tokenizers' package: pip install 'burstgpt[tokenizers]'"
-            )
-        from tokenizers import Tokenizer as HFTokenizer
-
-        try:
-            tok = HFTokenizer.from_file(str(path))
-        except Exception as exc:  # the Rust side raises plain Exceptions
-            raise InputError(path, f"cannot load tokenizer: {str(exc).splitlines()[0]}") from None
-        return SubwordTokenizer(
-            f"tokenizers:{path}",
-            lambda t: tuple(tok.encode(t, add_special_tokens=False).ids),
-            lambda ids: tok.decode(ids, skip_special_tokens=True),
-            lambda ts: [e.ids for e in tok.encode_batch(ts, add_special_tokens=False)],
-        )
-    if importlib.util.find_spec("transformers") is None:
-        raise BurstGPTError(
-            f"tokenizer {spec!r}: use 'builtin', a tokenizer.json file, or install 'transformers' for names"
-        )
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a missing model
-        raise BurstGPTError(f"tokenizer {spec!r} not in the local cache: {str(exc).splitlines()[0]}") from None
-    return SubwordTokenizer(
-        f"transformers:{spec}",
-        lambda t: tuple(tok.encode(t, add_special_tokens=False)),
-        lambda ids: tok.decode(ids, skip_special_tokens=True),
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------

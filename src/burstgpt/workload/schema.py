@@ -3,7 +3,7 @@
 | column            | dtype   | meaning                                                                          |
 |-------------------|---------|----------------------------------------------------------------------------------|
 | request_id        | Int64   | 0..n-1 in arrival order                                                          |
-| arrival_s         | Float64 | scheduled send time, seconds from the workload's start (non-decreasing)          |
+| arrival_s         | Float64 | scheduled send time, seconds from the workload's start (finite, >= 0, sorted)    |
 | input_tokens      | Int64   | prompt length in tokens (under the workload's tokenizer)                         |
 | output_tokens     | Int64   | intended output length when the workload fixes it (replay, empirical, fixed):    |
 |                   |         | sent as max_tokens with ignore_eos; the simulator generates exactly this many.  |
@@ -13,13 +13,19 @@
 | model             | Utf8    | model name to request, nullable (the client's --model then applies)              |
 | service           | Utf8    | `conversation` or `api`, nullable                                                |
 | session_id        | Utf8    | nullable                                                                         |
+
+`validate_workload` is the one check every consumer (`bench`, `simulate`, `serve-sim`, the Python API) runs
+before using a workload: a NaN or decreasing arrival would make a scheduler wait forever.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
-from burstgpt.records import conform_to_schema
+from burstgpt.errors import InputError
+from burstgpt.tables import conform_to_schema, first_true_index
 
 WORKLOAD_SCHEMA: dict[str, pl.DataType] = {
     "request_id": pl.Int64(),
@@ -33,9 +39,40 @@ WORKLOAD_SCHEMA: dict[str, pl.DataType] = {
     "session_id": pl.Utf8(),
 }
 
+#: Longest plausible arrival time, seconds (about 31.7 years): anything beyond is a unit or data error.
+MAX_ARRIVAL_S = 1e9
+#: Longest plausible prompt or output, tokens: beyond any model's context window.
+MAX_TOKENS = 100_000_000
+
 
 def conform_workload(frame: pl.DataFrame) -> pl.DataFrame:
     """Add missing workload columns as nulls (request_id as 0..n-1), cast to the schema and order the columns."""
     if "request_id" not in frame.columns:
         frame = frame.with_row_index("request_id")
     return conform_to_schema(frame, WORKLOAD_SCHEMA)
+
+
+def validate_workload(frame: pl.DataFrame, source: str | Path = "workload") -> pl.DataFrame:
+    """Check a conformed workload and return it; raise `InputError` naming `source`, the 1-based row and the
+    column for the first bad value: arrival_s missing, non-finite, negative, over MAX_ARRIVAL_S or
+    decreasing; input_tokens missing, negative or over MAX_TOKENS; output/max_output tokens negative or over
+    MAX_TOKENS."""
+    arrival = frame["arrival_s"]
+    checks = [
+        ("arrival_s", arrival.is_null() | ~arrival.is_finite(), "missing or not a finite number"),
+        ("arrival_s", arrival < 0, "negative arrival time"),
+        ("arrival_s", arrival > MAX_ARRIVAL_S, f"arrival time over {MAX_ARRIVAL_S:.0e} s (wrong unit?)"),
+        ("arrival_s", arrival.diff() < 0, "arrival times must not decrease (sort the workload by arrival_s)"),
+        ("input_tokens", frame["input_tokens"].is_null() | (frame["input_tokens"] < 0),
+         "missing or negative token count"),
+    ]
+    for name in ("input_tokens", "output_tokens", "max_output_tokens"):
+        checks.append((name, frame[name] > MAX_TOKENS, f"over {MAX_TOKENS:,} tokens: not a plausible length"))
+    for name in ("output_tokens", "max_output_tokens"):
+        checks.append((name, frame[name] < 0, "negative token count"))
+    for column, mask, message in checks:
+        bad = first_true_index(mask)
+        if bad is not None:
+            raise InputError(source, f"{message} (request_id {frame['request_id'][bad]})",
+                             line=bad + 1, column=column)
+    return frame

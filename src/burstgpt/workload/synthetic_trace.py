@@ -170,6 +170,7 @@ def synthetic_burstgpt(
             (pl.col("response_tokens") == 0).alias("failed"),
             pl.lit(None, dtype=pl.Utf8).alias("session_id"),
             pl.lit(None, dtype=pl.Float64).alias("elapsed_s"),
+            pl.lit(None, dtype=pl.List(pl.Int64)).alias("prefix_block_ids"),
         )
         .select([pl.col(c).cast(t) for c, t in TRACE_SCHEMA.items()])
     )

@@ -1,10 +1,14 @@
 """The scraper against a real vLLM /metrics exposition (saved from vLLM CPU 0.32.0 serving a tiny model)."""
 
-from pathlib import Path
+import pytest
 
 from burstgpt.client.scrape import parse_server_metrics
 
-SAMPLE = Path(__file__).parent / "data" / "vllm_cpu_0.32_metrics.txt"
+
+@pytest.fixture
+def sample_text(tests_data) -> str:
+    """A real vLLM /metrics exposition (tests/data)."""
+    return (tests_data / "vllm_cpu_0.32_metrics.txt").read_text()
 
 
 def _value(text: str, name: str) -> float:
@@ -15,8 +19,8 @@ def _value(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in sample")
 
 
-def test_real_vllm_exposition_is_parsed():
-    text = SAMPLE.read_text()
+def test_real_vllm_exposition_is_parsed(sample_text):
+    text = sample_text
     row = parse_server_metrics(text)
     expected = {
         "kv_cache_usage_perc": "vllm:kv_cache_usage_perc",
@@ -30,10 +34,10 @@ def test_real_vllm_exposition_is_parsed():
         assert row[column] == _value(text, name), column
 
 
-def test_real_vllm_exposition_with_traffic_values():
+def test_real_vllm_exposition_with_traffic_values(sample_text):
     # The same exposition after some traffic: counters and gauges must come through as numbers, and the
     # by-reason / by-source breakdowns must not be added into the totals.
-    text = SAMPLE.read_text()
+    text = sample_text
     text = text.replace('vllm:prompt_tokens_total{engine="0",model_name="tiny"} 0.0',
                         'vllm:prompt_tokens_total{engine="0",model_name="tiny"} 1234.0')
     text = text.replace('vllm:num_requests_waiting{engine="0",model_name="tiny"} 0.0',

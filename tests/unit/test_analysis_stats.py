@@ -12,6 +12,7 @@ from scipy import stats
 
 from burstgpt.analysis import characterise, write_characterisation
 from burstgpt.analysis import lengths, sessions, temporal, throughput
+from burstgpt.tables import conform_to_schema
 from burstgpt.trace import TRACE_SCHEMA, LoadReport, Trace
 
 
@@ -20,7 +21,7 @@ def trace_frame(timestamps, model="ChatGPT", service="conversation", request=Non
     n = len(timestamps)
     request = np.full(n, 100) if request is None else np.asarray(request)
     response = np.full(n, 50) if response is None else np.asarray(response)
-    return pl.DataFrame(
+    return conform_to_schema(pl.DataFrame(
         {
             "timestamp_s": np.asarray(timestamps, dtype=float),
             "model": [model] * n,
@@ -28,11 +29,10 @@ def trace_frame(timestamps, model="ChatGPT", service="conversation", request=Non
             "request_tokens": request.astype(np.int64),
             "response_tokens": response.astype(np.int64),
             "failed": response == 0,
-            "session_id": session_id if session_id is not None else [None] * n,
-            "elapsed_s": elapsed if elapsed is not None else [None] * n,
+            "session_id": pl.Series(session_id if session_id is not None else [None] * n, dtype=pl.Utf8),
+            "elapsed_s": pl.Series(elapsed if elapsed is not None else [None] * n, dtype=pl.Float64),
         },
-        schema=TRACE_SCHEMA,
-    )
+    ), TRACE_SCHEMA)
 
 
 def poisson_times(rate_of_t, horizon_s, peak_rate, rng) -> np.ndarray:
@@ -100,8 +100,10 @@ def test_burstiness_counts_doublings_by_hand():
     # 4->8 and 3->6 double; 5->20 quadruples; 0->5 does not count (nothing to double).
     assert (row["bursts_2x"], row["bursts_3x"], row["bursts_4x"]) == (3, 1, 1)
     assert row["windows"] == 6
+    # The trace observed 1 s .. 6*300 + 299 s of its day: 3 bursts in that time are 3 / (2098 / 86400) per day.
+    assert row["observed_s"] == 2098.0
     summary = temporal.burstiness_summary(bursts)
-    assert summary["mean_bursts_2x_per_day"][0] == 3.0
+    assert summary["mean_bursts_2x_per_day"][0] == pytest.approx(3 * 86400 / 2098)
 
 
 def test_bimodality_test_tells_two_modes_from_one():
@@ -167,8 +169,12 @@ def test_throughput_box_stats_and_failure_rates_by_hand():
     box = throughput.throughput_box_stats(hourly)
     ten = box.filter((pl.col("hour_of_day") == 10) & (pl.col("kind") == "request")).row(0, named=True)
     assert ten["days"] == 2
-    assert ten["median_tokens_per_hour"] == 350.0
-    assert ten["q1_tokens_per_hour"] == pytest.approx(np.percentile([300, 400], 25))
+    # The trace starts 5 s into hour 10 of day 0: its 300 tokens arrived in 3595 observed seconds.
+    day0 = 300 * 3600 / 3595
+    assert ten["median_tokens_per_hour"] == pytest.approx((day0 + 400) / 2)
+    assert ten["q1_tokens_per_hour"] == pytest.approx(np.percentile([day0, 400], 25))
+    # Hour 23 of day 1 is observed for 0 s (the last arrival is its first instant): left out, not a zero.
+    assert box.filter(pl.col("hour_of_day") == 23)["days"].to_list() == [1, 1]
     eleven = box.filter((pl.col("hour_of_day") == 11) & (pl.col("kind") == "response")).row(0, named=True)
     assert eleven["mean_tokens_per_hour"] == 0.0
     rates = throughput.failure_rates(bins).row(0, named=True)

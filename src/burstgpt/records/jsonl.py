@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
 from burstgpt.errors import InputError
-from burstgpt.records import REQUEST_RECORD_SCHEMA, conform_request_records
-
-if TYPE_CHECKING:  # the report reads records without importing the HTTP client
-    from burstgpt.client.openai import RequestRecord
+from burstgpt.records.schema import (
+    REQUEST_RECORD_SCHEMA,
+    RequestRecord,
+    conform_request_records,
+    upgrade_legacy_statuses,
+)
 
 
 class RecordWriter:
@@ -48,4 +49,4 @@ def read_records_jsonl(path: str | Path) -> pl.DataFrame:
         frame = pl.read_ndjson(b"\n".join(lines), schema=REQUEST_RECORD_SCHEMA)
     except Exception as exc:  # polars raises several error types for bad JSON
         raise InputError(path, f"cannot read records: {str(exc).splitlines()[0]}") from None
-    return conform_request_records(frame)
+    return upgrade_legacy_statuses(conform_request_records(frame))

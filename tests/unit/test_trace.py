@@ -16,12 +16,8 @@ import polars as pl
 import pytest
 
 from burstgpt.errors import BurstGPTError, InputError
-from burstgpt.trace import TRACE_SCHEMA, filter_trace, load_trace
+from burstgpt.trace import TRACE_SCHEMA, Trace, filter_trace, filter_trace_frame, load_trace
 from burstgpt.trace.download import download_release_file
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
-BURSTGPT_HEAD = SHARED / "burstgpt_1_head.csv"
-AZURE_CODE = SHARED / "azure_llm_2023_code.csv"
 
 HEADER6 = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
 HEADER8 = "Timestamp,Session ID,Elapsed time,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
@@ -32,11 +28,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.skipif(not BURSTGPT_HEAD.exists(), reason="shared traces not present")
-def test_real_burstgpt_file_matches_a_direct_count():
-    with open(BURSTGPT_HEAD, newline="") as fh:
+def test_real_burstgpt_file_matches_a_direct_count(shared_traces):
+    path = shared_traces / "burstgpt_1_head.csv"
+    with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    trace = load_trace(BURSTGPT_HEAD)
+    trace = load_trace(path)
     frame = trace.frame
     assert trace.format == "burstgpt"
     assert dict(frame.schema) == TRACE_SCHEMA
@@ -48,11 +44,11 @@ def test_real_burstgpt_file_matches_a_direct_count():
     assert frame["timestamp_s"].is_sorted()
 
 
-@pytest.mark.skipif(not AZURE_CODE.exists(), reason="shared traces not present")
-def test_real_azure_file_keeps_sub_second_times():
-    with open(AZURE_CODE, newline="") as fh:
+def test_real_azure_file_keeps_sub_second_times(shared_traces):
+    path = shared_traces / "azure_llm_2023_code.csv"
+    with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    trace = load_trace(AZURE_CODE)
+    trace = load_trace(path)
     frame = trace.frame
     assert trace.format == "azure"
     assert frame.height == len(rows)
@@ -91,6 +87,21 @@ def test_mooncake_jsonl(tmp_path):
     assert trace.format == "mooncake"
     assert trace.frame["timestamp_s"].to_list() == [0.0, 1.5]
     assert trace.frame["failed"].to_list() == [False, True]
+    assert trace.frame["prefix_block_ids"].to_list() == [[1, 2], [3]]
+    assert trace.prefix_block_size == 512
+
+
+def test_real_mooncake_block_ids_cover_each_prompt(shared_traces):
+    """Mooncake's hash_ids are 512-token blocks: a prompt of n tokens has ceil(n / 512) of them."""
+    path = shared_traces / "mooncake_synthetic_trace.jsonl"
+    with open(path) as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    trace = load_trace(path)
+    frame = trace.frame
+    assert frame.height == len(records) and dict(frame.schema) == TRACE_SCHEMA
+    assert sorted(map(tuple, frame["prefix_block_ids"].to_list())) == sorted(tuple(r["hash_ids"]) for r in records)
+    blocks = frame["prefix_block_ids"].list.len().to_numpy()
+    assert (blocks == -(-frame["request_tokens"].to_numpy() // trace.prefix_block_size)).all()
 
 
 def test_mapped_csv_and_parquet(tmp_path):
@@ -113,7 +124,7 @@ def test_mapped_csv_and_parquet(tmp_path):
         ("Timestamp,Model,Request tokens,Log Type\n1,ChatGPT,3,API log\n", 1, "Response tokens"),
         (HEADER6 + "1,ChatGPT,3,4,7,API log\n2,ChatGPT,x,4,7,API log\n", 3, "Request tokens"),
         (HEADER6 + "1,ChatGPT,3,4,7,API log\n2,ChatGPT,3,-4,7,API log\n", 3, "Response tokens"),
-        (HEADER6 + "1,ChatGPT,3,4,7,API log\n\n3,ChatGPT,3,4,7,API log\n", 3, "Timestamp"),
+        (HEADER6 + "1,ChatGPT,3,4,7,API log\n\n3,ChatGPT,3,4,7,API log\n", 3, None),  # empty line
         (HEADER6 + "1,ChatGPT,3,4,7,Web log\n", 2, "Log Type"),
         (HEADER6 + "abc,ChatGPT,3,4,7,API log\n", 2, "Timestamp"),
         ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.97,4,5\nyesterday,4,5\n", 3, "TIMESTAMP"),
@@ -148,12 +159,17 @@ def test_unreadable_and_unknown_files(tmp_path):
 
 
 def test_filter_trace():
-    frame = pl.DataFrame({"timestamp_s": [1.0, 2.0, 3.0], "model": ["a", "b", "a"], "service": ["api"] * 3,
-                          "request_tokens": [1, 2, 3], "response_tokens": [1, 1, 1], "failed": [False] * 3})
-    from burstgpt.trace import Trace
-
-    trace = Trace(frame=frame, source="mem", format="test")
-    assert filter_trace(trace, model="a", start_s=2.0).frame["timestamp_s"].to_list() == [3.0]
+    frame = pl.DataFrame({"timestamp_s": [1.0, 2.0, 3.0, 4.0], "model": ["a", "b", "a", "c"],
+                          "service": ["api", "api", "api", "conversation"], "request_tokens": [1, 2, 3, 4],
+                          "response_tokens": [1, 1, 1, 1], "failed": [False] * 4})
+    trace = Trace(frame=frame, source="mem", format="test", prefix_block_size=16)
+    selected = filter_trace(trace, model="a", start_s=2.0)
+    assert selected.frame["timestamp_s"].to_list() == [3.0]
+    assert selected.load_report.filtered_rows == 1 and selected.prefix_block_size == 16
+    # the frame-level function takes one name or several
+    assert filter_trace_frame(frame, models=["a", "c"], end_s=4.0)["timestamp_s"].to_list() == [1.0, 3.0]
+    assert filter_trace_frame(frame, services="conversation")["model"].to_list() == ["c"]
+    assert filter_trace_frame(frame, models=[]).height == 4
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):

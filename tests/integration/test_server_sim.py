@@ -18,18 +18,20 @@ import polars as pl
 import pytest
 from aiohttp import web
 
-from burstgpt.server.app import FaultOptions, ServerOptions, SimServer, count_tokens
+from burstgpt.server.app import FaultOptions, ServerOptions, SimServer
 from burstgpt.sim.engine import EngineConfig
-from burstgpt.sim.hardware import RooflineLatency, gpu_preset, model_preset
+from burstgpt.sim.hardware import gpu_preset, model_preset
+from burstgpt.sim.latency import LinearLatency, RooflineLatency
 from burstgpt.sim.output_lengths import parse_output_length_model
-from burstgpt.sim.simulate import EngineSetup, build_engine_setup, simulate_workload
+from burstgpt.sim.simulate import EngineSetup, EngineSpec, build_engine_setup, simulate_workload
 from burstgpt.workload.schema import conform_workload
+from burstgpt.workload.tokenizer import count_tokens
 
 MODEL = "sim-llama"
 
 
-def _setup(**config) -> EngineSetup:
-    latency = RooflineLatency(gpu_preset("H100-80GB"), model_preset("Llama-2-7B-chat"))
+def _setup(latency=None, **config) -> EngineSetup:
+    latency = latency or RooflineLatency(gpu_preset("H100-80GB"), model_preset("Llama-2-7B-chat"))
     base = {"num_gpu_blocks": 400, "max_model_len": 2048, "timeout_s": 30.0}
     return EngineSetup(EngineConfig(**{**base, **config}), latency, MODEL, "H100-80GB")
 
@@ -69,10 +71,26 @@ def _prompt(tokens: int) -> str:
     return " ".join(["word"] * tokens)
 
 
-def test_tokenizer_counts_words_and_punctuation():
-    assert count_tokens("Hello, world! It's 2024.") == 9  # Hello , world ! It ' s 2024 .
-    assert count_tokens(_prompt(37)) == 37
-    assert count_tokens("") == 0
+def test_usage_counts_prompts_with_the_builtin_tokenizer():
+    """The server's prompt tokens are the builtin tokenizer's (it used a regex of its own that disagreed)."""
+    text = "Hello, world! It's 2024. Extraordinary requests"
+
+    async def scenario():
+        options = ServerOptions(setup=_setup(), served_model_name=MODEL)
+        async with running_server(options) as (base, _), aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/v1/completions", json={
+                    "prompt": text, "max_tokens": 2, "ignore_eos": True}) as response:
+                plain = (await response.json())["usage"]["prompt_tokens"]
+            async with session.post(f"{base}/v1/chat/completions", json={
+                    "messages": [{"role": "system", "content": text}, {"role": "user", "content": text}],
+                    "max_tokens": 2, "ignore_eos": True}) as response:
+                chat = (await response.json())["usage"]["prompt_tokens"]
+        return plain, chat
+
+    plain, chat = asyncio.run(scenario())
+    assert plain == count_tokens(text) and chat == 2 * count_tokens(text)
+    # The old rule (every run of word characters is one token) counted 11 here: "2024" and the long words were
+    # one token each.
 
 
 def test_streaming_and_plain_completions_speak_openai():
@@ -263,7 +281,8 @@ def test_offline_and_real_time_median_latency_agree():
     arrival = np.cumsum(rng.exponential(0.12, count))
     prompt = rng.integers(50, 600, count)
     output = rng.integers(20, 80, count)
-    setup = build_engine_setup(gpu="A800-80GB", model="Llama-2-13B-chat", num_blocks=150, max_model_len=960)
+    setup = build_engine_setup(EngineSpec(gpu="A800-80GB", model="Llama-2-13B-chat", num_gpu_blocks=150,
+                                          max_model_len=960))
     workload = conform_workload(pl.DataFrame({"arrival_s": arrival, "input_tokens": prompt, "output_tokens": output}))
     offline = simulate_workload(workload, setup).records
     offline_e2e = (offline["end_s"] - offline["scheduled_s"]).median()
@@ -292,8 +311,8 @@ def test_offline_and_real_time_median_latency_agree():
 def test_serve_sim_command_prints_its_url_and_stops_on_sigterm():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "burstgpt.cli", "serve-sim", "--port", "0", "--gpu", "H100-80GB",
-         "--model", "Llama-2-7B-chat", "--served-model-name", MODEL],
+        [sys.executable, "-m", "burstgpt.cli", "serve-sim", "--port", "0", "--gpu", "h100",
+         "--model", "llama-2-7b", "--served-model-name", MODEL, "--max-num-seqs", "32"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -310,7 +329,73 @@ def test_serve_sim_command_prints_its_url_and_stops_on_sigterm():
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         assert "stopped" in process.stdout.read()
+        err = process.stderr.read()
+        assert "--gpu h100: using preset H100-80GB" in err and "--model llama-2-7b: using preset Llama-2-7B-chat" in err
+        assert "KV blocks x 16 tokens; max_num_seqs 32; max_num_batched_tokens 2048" in err
+        assert "latency roofline H100-80GB x Llama-2-7B-chat" in err
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+CONTEXT_CASES = [
+    # (body, HTTP status, offending parameter); the context is 2048 tokens.
+    ({"prompt": "x", "max_tokens": 100000000000}, 400, "max_tokens"),
+    ({"prompt": _prompt(2000), "max_tokens": 49}, 400, "max_tokens"),
+    ({"prompt": _prompt(2000), "max_tokens": 48}, 200, None),
+    ({"prompt": _prompt(2047)}, 200, None),  # the default (16) is capped by the room left, as vLLM does
+    ({"prompt": _prompt(2048)}, 400, "prompt"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ({"prompt": "x", "max_tokens": 9.5}, 400, "max_tokens"),
+    ({"prompt": "x", "max_tokens": True}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": _prompt(10)}], "max_completion_tokens": 2039}, 400,
+     "max_completion_tokens"),
+    ({"messages": [{"role": "user", "content": _prompt(10)}], "max_tokens": 2038}, 200, None),
+]
+
+
+def test_prompt_plus_max_tokens_over_the_context_is_refused_as_vllm_does():
+    async def scenario():
+        options = ServerOptions(setup=_setup(), served_model_name=MODEL,
+                                output_lengths=parse_output_length_model("fixed:1"))
+        async with running_server(options) as (base, _), aiohttp.ClientSession() as session:
+            for body, status, param in CONTEXT_CASES:
+                path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+                async with session.post(base + path, json=body) as response:
+                    payload = await response.json()
+                assert response.status == status, (body, payload)
+                if status == 400:
+                    error = payload["error"]
+                    assert (error["code"], error["type"], error["param"]) == (400, "BadRequestError", param), payload
+                if body.get("max_tokens") == 100000000000:
+                    assert error["message"] == (
+                        "This model's maximum context length is 2048 tokens. However, you requested 100000000001 "
+                        "tokens (1 in the prompt, 100000000000 in the completion). Please reduce the length of the "
+                        "prompt or completion.")
+
+    asyncio.run(scenario())
+
+
+def test_time_scale_k_runs_k_times_faster_than_real_time():
+    """Every step lasts 0.05 simulated seconds: 20 tokens take 1 simulated second, 0.25 s of wall time at K = 4
+    (the flag used to mean wall seconds per simulated second: 4 s)."""
+    latency = LinearLatency(base_s=0.05, per_prefill_token_s=0.0, per_decode_token_s=0.0)
+
+    async def scenario():
+        options = ServerOptions(setup=_setup(latency), served_model_name=MODEL, time_scale=4.0)
+        async with running_server(options) as (base, _), aiohttp.ClientSession() as session:
+            started = time.perf_counter()
+            async with session.post(f"{base}/v1/completions", json={
+                    "prompt": "x", "max_tokens": 20, "ignore_eos": True}) as response:
+                assert response.status == 200
+            wall = time.perf_counter() - started
+            async with session.get(f"{base}/metrics") as response:
+                text = await response.text()
+        return wall, text
+
+    wall, text = asyncio.run(scenario())
+    assert 0.24 <= wall < 0.6
+    # Latency histograms are in wall seconds: 1 simulated second / 4.
+    match = re.search(r'^vllm:e2e_request_latency_seconds_sum\{[^}]*\} (\S+)$', text, re.M)
+    assert float(match.group(1)) == pytest.approx(0.25, abs=0.03)

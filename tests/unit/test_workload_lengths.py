@@ -10,7 +10,8 @@ import pytest
 from burstgpt.analysis.fits import fit_zipf
 from burstgpt.errors import BurstGPTError, InputError
 from burstgpt.workload.lengths import EmpiricalResponses, ZipfLengths
-from burstgpt.workload.prompts import BuiltinTokenizer, PromptPool, load_prompt_texts, synthetic_texts
+from burstgpt.workload.prompts import PromptPool, load_prompt_texts, synthetic_texts
+from burstgpt.workload.tokenizer import BuiltinTokenizer
 
 
 @pytest.mark.parametrize(("theta", "low", "high"), [(1.1, 16, 4096), (0.8, 1, 2000), (1.5, 4, 8192)])
@@ -145,7 +146,7 @@ def _context_tokenizer():
 
 
 def test_subword_truncation_is_exact_or_refused():
-    from burstgpt.workload.prompts import SubwordTokenizer
+    from burstgpt.workload.tokenizer import SubwordTokenizer
 
     encode, decode = _context_tokenizer()
     tokenizer = SubwordTokenizer("toy", encode, decode)

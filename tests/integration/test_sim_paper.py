@@ -8,21 +8,16 @@ outputs uniform on 50..150 tokens, a 4.5 s server timeout, 4000 requests.
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
-from burstgpt.commands.workload import add_generation_arguments, workload_from_args
-from burstgpt.sim.simulate import build_engine_setup, simulate_workload
+from burstgpt.sim.simulate import EngineSpec, build_engine_setup, simulate_workload
+from burstgpt.workload.spec import RequestLengths, ScheduledArrivals, WorkloadSpec, build_workload
 
 
 def _outcome(alpha: float, seed: int) -> dict:
-    parser = argparse.ArgumentParser()
-    add_generation_arguments(parser)
-    workload = workload_from_args(parser.parse_args([
-        "--alpha", str(alpha), "--rate", "8", "--num-requests", "4000", "--seed", str(seed),
-        "--max-input-tokens", "1024"]))
-    setup = build_engine_setup(gpu="A800-80GB", model="Llama-2-13B-chat", num_blocks=900, timeout_s=4.5)
+    workload = build_workload(WorkloadSpec(arrivals=ScheduledArrivals(alpha=alpha, rate_rps=8.0), num_requests=4000,
+                                           lengths=RequestLengths(max_input_tokens=1024), seed=seed))
+    setup = build_engine_setup(EngineSpec(gpu="A800-80GB", model="Llama-2-13B-chat", num_gpu_blocks=900, timeout_s=4.5))
     result = simulate_workload(workload, setup, output_lengths="uniform:50,150", seed=seed)
     records, steps = result.records, result.steps
     return {

@@ -10,9 +10,23 @@ import pytest
 
 from burstgpt.cli import main
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
-BURSTGPT_HEAD = TRACES / "burstgpt_1_head.csv"
-AZURE_CODE = TRACES / "azure_llm_2023_code.csv"
+
+
+def shared_trace(shared_traces: Path, name: str) -> Path:
+    """A real trace from the shared data; skips the test when it is absent."""
+    if not (shared_traces / name).exists():
+        pytest.skip(f"{name} not present")
+    return shared_traces / name
+
+
+@pytest.fixture
+def burstgpt_head(shared_traces: Path) -> Path:
+    return shared_trace(shared_traces, "burstgpt_1_head.csv")
+
+
+@pytest.fixture
+def azure_code(shared_traces: Path) -> Path:
+    return shared_trace(shared_traces, "azure_llm_2023_code.csv")
 
 
 def direct_counts(path: Path, request_column: str, response_column: str, keep=lambda row: True) -> dict:
@@ -44,11 +58,10 @@ def assert_totals_match(summary: dict, expected: dict) -> None:
     assert totals["mean_response_tokens"] == pytest.approx(expected["mean_response_tokens"], rel=1e-12)
 
 
-@pytest.mark.skipif(not BURSTGPT_HEAD.exists(), reason="real BurstGPT sample not present")
-def test_analyze_real_burstgpt_file_with_figures(tmp_path, capsys):
-    status, summary = run_analyze(tmp_path, str(BURSTGPT_HEAD))
+def test_analyze_real_burstgpt_file_with_figures(tmp_path, capsys, burstgpt_head):
+    status, summary = run_analyze(tmp_path, str(burstgpt_head))
     assert status == 0
-    assert_totals_match(summary, direct_counts(BURSTGPT_HEAD, "Request tokens", "Response tokens"))
+    assert_totals_match(summary, direct_counts(burstgpt_head, "Request tokens", "Response tokens"))
     outdir = tmp_path / "analysis"
     for name in summary["tables"].values():
         assert (outdir / name).stat().st_size > 0
@@ -65,11 +78,10 @@ def test_analyze_real_burstgpt_file_with_figures(tmp_path, capsys):
     assert "ChatGPT" in printed and "400 requests" in printed
 
 
-@pytest.mark.skipif(not AZURE_CODE.exists(), reason="real Azure trace not present")
-def test_analyze_real_azure_file(tmp_path):
-    status, summary = run_analyze(tmp_path, str(AZURE_CODE), "--no-figures", "--window", "600")
+def test_analyze_real_azure_file(tmp_path, azure_code):
+    status, summary = run_analyze(tmp_path, str(azure_code), "--no-figures", "--window", "600")
     assert status == 0
-    assert_totals_match(summary, direct_counts(AZURE_CODE, "ContextTokens", "GeneratedTokens"))
+    assert_totals_match(summary, direct_counts(azure_code, "ContextTokens", "GeneratedTokens"))
     assert summary["window_s"] == 600.0
     assert summary["origin"].startswith("2023-11-16")
     assert not list((tmp_path / "analysis").glob("*.png"))
@@ -79,13 +91,12 @@ def test_analyze_real_azure_file(tmp_path):
     assert windows[1].split(",")[2] == str(18 * 3600 + 10 * 60) + ".0"  # 18:10 in seconds from midnight
 
 
-@pytest.mark.skipif(not BURSTGPT_HEAD.exists(), reason="real BurstGPT sample not present")
-def test_analyze_filters_match_direct_counts(tmp_path):
-    status, summary = run_analyze(tmp_path, str(BURSTGPT_HEAD), "--no-figures", "--model", "GPT-4",
+def test_analyze_filters_match_direct_counts(tmp_path, burstgpt_head):
+    status, summary = run_analyze(tmp_path, str(burstgpt_head), "--no-figures", "--model", "GPT-4",
                                   "--service", "conversation", "--start", "100", "--end", "30000")
     assert status == 0
     expected = direct_counts(
-        BURSTGPT_HEAD, "Request tokens", "Response tokens",
+        burstgpt_head, "Request tokens", "Response tokens",
         keep=lambda row: row["Model"] == "GPT-4" and row["Log Type"] == "Conversation log"
         and 100 <= float(row["Timestamp"]) < 30000,
     )
@@ -102,10 +113,9 @@ def test_analyze_filters_match_direct_counts(tmp_path):
         (["{head}", "--model", "no-such-model"], "no requests"),
     ],
 )
-def test_bad_input_gives_one_line_and_status_2(tmp_path, capsys, args, message):
-    if not BURSTGPT_HEAD.exists() and "{head}" in args:
-        pytest.skip("real BurstGPT sample not present")
-    args = [a.format(missing=tmp_path / "absent.csv", head=BURSTGPT_HEAD) for a in args]
+def test_bad_input_gives_one_line_and_status_2(tmp_path, capsys, args, message, request):
+    head = request.getfixturevalue("burstgpt_head") if "{head}" in args else None
+    args = [a.format(missing=tmp_path / "absent.csv", head=head) for a in args]
     status, summary = run_analyze(tmp_path, *args, "--no-figures")
     assert status == 2
     assert summary is None
@@ -143,5 +153,5 @@ def test_eight_column_trace_with_sessions_and_origin(tmp_path):
     assert group["session_summary"]["median_turn_gap_s"] == 60.0
     assert summary["totals"]["failures"] == 1
     daily = (outdir / "daily_requests.csv").read_text().splitlines()
-    assert daily[1].split(",")[3:] == ["2023-11-04", "5", "4"]  # a Saturday (day_of_week 5), 4 requests
-    assert daily[2].split(",")[3:] == ["2023-11-05", "6", "1"]
+    assert daily[1].split(",")[3:6] == ["2023-11-04", "5", "4"]  # a Saturday (day_of_week 5), 4 requests
+    assert daily[2].split(",")[3:6] == ["2023-11-05", "6", "1"]

@@ -26,9 +26,6 @@ from burstgpt.workload.arrivals import (
 from burstgpt.workload.generate import select_replay
 from burstgpt.workload.params import window_table
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
-BURSTGPT_HEAD = TRACES / "burstgpt_1_head.csv"
-AZURE_CODE = TRACES / "azure_llm_2023_code.csv"
 
 
 def _positive_gaps(arrivals: np.ndarray) -> np.ndarray:
@@ -151,10 +148,8 @@ def test_schedule_rejects_bad_tables():
         ParamSchedule(np.array([0.0]), np.array([-1.0]), np.array([1.0]), "seconds", 2.0)
 
 
-def test_replay_at_scale_100_keeps_order_and_divides_every_gap():
-    if not BURSTGPT_HEAD.exists():
-        pytest.skip("shared trace absent")
-    trace = load_trace(BURSTGPT_HEAD)
+def test_replay_at_scale_100_keeps_order_and_divides_every_gap(burstgpt_head):
+    trace = load_trace(burstgpt_head)
     timestamps = trace.frame["timestamp_s"].to_numpy()
     replayed = replay_arrivals(timestamps, 100.0)
     assert replayed[0] == 0
@@ -180,12 +175,14 @@ def test_quiet_opening_is_skipped_only_when_there_is_one():
     end = quiet_opening_end(timestamps, 1200.0)
     assert 34800 <= end <= 37200
     assert quiet_opening_end(busy_day, 1200.0) == busy_day[0]
-    if BURSTGPT_HEAD.exists():
-        trace = load_trace(BURSTGPT_HEAD)
-        selection = select_replay(trace, 1.0, skip_quiet_start=True)
-        # The real head: busy first 20 minutes, a quiet night, the working day from ~8 h on.
-        assert 6 * 3600 <= selection.origin_s <= 9 * 3600
-        assert selection.frame.height > trace.num_rows / 2
+
+
+def test_quiet_opening_of_the_real_burstgpt_head(burstgpt_head):
+    trace = load_trace(burstgpt_head)
+    selection = select_replay(trace, 1.0, skip_quiet_start=True)
+    # The real head: busy first 20 minutes, a quiet night, the working day from ~8 h on.
+    assert 6 * 3600 <= selection.origin_s <= 9 * 3600
+    assert selection.frame.height > trace.num_rows / 2
 
 
 def _mirror_check(path: Path, window_s: float, target_rps: float, compression: float, seed: int):
@@ -205,20 +202,16 @@ def _mirror_check(path: Path, window_s: float, target_rps: float, compression: f
     return mean_rate, correlation
 
 
-def test_mirror_burstgpt_head_hits_target_rate_and_follows_window_counts():
+def test_mirror_burstgpt_head_hits_target_rate_and_follows_window_counts(burstgpt_head):
     # 400 rows over ~10.4 h: the paper's 20-minute windows give 32 windows with 0-73 arrivals each, enough
     # contrast (a busy day after a quiet night) for a meaningful correlation.
-    if not BURSTGPT_HEAD.exists():
-        pytest.skip("shared trace absent")
-    mean_rate, correlation = _mirror_check(BURSTGPT_HEAD, 1200.0, 20.0, 10.0, seed=3)
+    mean_rate, correlation = _mirror_check(burstgpt_head, 1200.0, 20.0, 10.0, seed=3)
     assert mean_rate == pytest.approx(20.0, rel=0.02)
     assert correlation > 0.9
 
 
-def test_mirror_azure_hour_hits_target_rate_and_follows_window_counts():
+def test_mirror_azure_hour_hits_target_rate_and_follows_window_counts(azure_code):
     # One hour: 20-minute windows would give 3 points, so correlate per 60 s window (60 windows of ~150).
-    if not AZURE_CODE.exists():
-        pytest.skip("shared trace absent")
-    mean_rate, correlation = _mirror_check(AZURE_CODE, 60.0, 400.0, 2.0, seed=4)
+    mean_rate, correlation = _mirror_check(azure_code, 60.0, 400.0, 2.0, seed=4)
     assert mean_rate == pytest.approx(400.0, rel=0.02)
     assert correlation > 0.9

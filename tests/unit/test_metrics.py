@@ -29,7 +29,7 @@ def records() -> pl.DataFrame:
     # 2: 2,   2.0,  -,    4.0, 30, 0, failed http_5xx
     # 3: 12, 12.5, 13.0, 14.0, 40, 2, ok        (chunks 13.0, 14.0)
     # 4: 13, 13.0,  -,   13.5, 50, -, cancelled in flight
-    # 5: 15,  -,    -,    -,   60, -, cancelled, never sent
+    # 5: 15,  -,    -,    -,   60, -, not_sent
     return pl.DataFrame(
         {
             "request_id": [0, 1, 2, 3, 4, 5],
@@ -39,7 +39,7 @@ def records() -> pl.DataFrame:
             "end_s": [2.0, 3.1, 4.0, 14.0, 13.5, None],
             "input_tokens": [10, 20, 30, 40, 50, 60],
             "output_tokens": [5, 3, 0, 2, None, None],
-            "status": ["ok", "ok", "failed", "ok", "cancelled", "cancelled"],
+            "status": ["ok", "ok", "failed", "ok", "cancelled", "not_sent"],
             "error_class": [None, None, "http_5xx", None, None, None],
             "chunk_times_s": [[0.5, 1.0, 2.0], None, None, [13.0, 14.0], None, None],
         }
@@ -197,3 +197,21 @@ def test_simulator_style_records_work():
     assert summary["requests"]["failures_by_class"] == {"rejected": 1}
     assert summary["latency_s"]["tpot"]["mean"] == pytest.approx(1.0 / 10)
     assert summary["latency_s"]["itl"]["count"] == 0
+
+
+def test_failure_rate_is_binned_by_send_time():
+    # Requests every 0.5 s for 10 s; every other one fails by a 30 s timeout, the rest succeed in 1 s. By end
+    # time the tail (30-40 s, nothing offered) would show 100 % failures; by send time each window of sends
+    # shows its true 50 %, and windows with no sends have no failure rate.
+    n = 20
+    sent = [i * 0.5 for i in range(n)]
+    records = pl.DataFrame({
+        "request_id": range(n), "scheduled_s": sent, "sent_s": sent,
+        "end_s": [t + (30.0 if i % 2 else 1.0) for i, t in enumerate(sent)],
+        "status": ["failed" if i % 2 else "ok" for i in range(n)],
+        "error_class": ["timeout" if i % 2 else None for i in range(n)],
+    })
+    ts = window_series(records, 10.0)
+    assert ts["window_start_s"].to_list() == [0.0, 10.0, 20.0, 30.0]
+    assert ts["failure_rate"].to_list() == [0.5, None, None, None]
+    assert ts["failed"].to_list() == [0, 0, 0, 10]  # the counts of ended requests still go by end time

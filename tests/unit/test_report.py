@@ -13,6 +13,7 @@ from burstgpt.cli import main
 from burstgpt.metrics import average_metrics, window_series
 from burstgpt.records import REQUEST_RECORD_SCHEMA, conform_request_records
 from burstgpt.report import read_run_directory, write_run_directory
+from burstgpt.report.figures import FAILURE_RATE_LABEL, RunSeries, timeline_figure
 
 
 def _records(seed: int, n: int = 300, fail_share: float = 0.1) -> pl.DataFrame:
@@ -56,13 +57,13 @@ def test_write_and_read_run_directory(tmp_path):
                  "summary.json", "timeline.png"):
         assert (run_dir / name).stat().st_size > 0, name
     on_disk = json.loads((run_dir / "summary.json").read_text())
-    assert on_disk == summary
+    assert on_disk == summary.to_json()
     expected = average_metrics(records, {"ttft": 0.5})
-    assert summary["failure_rate"] == pytest.approx(expected["failure_rate"])
-    assert summary["latency_s"]["e2e"]["p99"] == pytest.approx(expected["latency_s"]["e2e"]["p99"])
-    assert summary["goodput"]["good_requests"] == expected["goodput"]["good_requests"]
-    assert summary["run"]["loop"] == "closed" and summary["run"]["max_concurrency"] == 8
-    assert summary["server"]["kv_cache_usage_perc"]["max"] == pytest.approx(_server()["kv_cache_usage_perc"].max())
+    assert summary.failure_rate == pytest.approx(expected["failure_rate"])
+    assert summary.latency_s["e2e"].p99 == pytest.approx(expected["latency_s"]["e2e"]["p99"])
+    assert summary.goodput.good_requests == expected["goodput"]["good_requests"]
+    assert summary.run.loop == "closed" and summary.run.max_concurrency == 8
+    assert summary.server.kv_cache_usage_perc.max == pytest.approx(_server()["kv_cache_usage_perc"].max())
     timeseries = pl.read_csv(run_dir / "timeseries.csv")
     direct = window_series(records, 5.0, slo={"ttft": 0.5}, server_metrics=_server())
     assert timeseries.height == direct.height
@@ -124,5 +125,23 @@ def test_report_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 def test_empty_records_still_give_a_valid_run(tmp_path):
     summary = write_run_directory(tmp_path / "e", pl.DataFrame(schema=REQUEST_RECORD_SCHEMA), config={})
-    assert summary["requests"]["total"] == 0 and summary["requests"]["balanced"]
-    assert summary["failure_rate"] is None and summary["throughput"]["requests_per_s"] is None
+    assert summary.requests.total == 0 and summary.requests.balanced
+    assert summary.failure_rate is None and summary.throughput.requests_per_s is None
+
+
+def test_comparison_figure_labels_offered_load_and_failure_rate_by_send_time():
+    runs = [RunSeries(name, window_series(_records(seed), 10.0), None) for name, seed in (("a", 5), ("b", 6))]
+    axes = timeline_figure(runs).axes
+    throughput_labels = axes[1].get_legend_handles_labels()[1]
+    assert throughput_labels == ["a: completed req/s", "a: offered req/s", "b: completed req/s", "b: offered req/s"]
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == throughput_labels
+    assert axes[2].get_ylabel() == FAILURE_RATE_LABEL and "sent" in FAILURE_RATE_LABEL
+
+
+def test_comparison_names_each_runs_producer(tmp_path):
+    write_run_directory(tmp_path / "sim", _records(7), config={}, producer="simulate")
+    write_run_directory(tmp_path / "http", _records(8), config={"command": "bench"})  # written before producer
+    assert main(["report", str(tmp_path / "sim"), str(tmp_path / "http"), "-o", str(tmp_path / "cmp")]) == 0
+    table = pl.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert table["producer"].to_list() == ["simulate", "bench"]
+    assert json.loads((tmp_path / "sim" / "config.json").read_text())["producer"] == "simulate"

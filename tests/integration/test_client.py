@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -20,9 +19,9 @@ from aiohttp import web
 from burstgpt.client.openai import EndpointOptions, request_body
 from burstgpt.client.runner import LoadGenerator, RunOptions
 from burstgpt.client.scrape import parse_server_metrics
-from burstgpt.report.rundir import read_run_directory, write_run_directory
+from burstgpt.records import read_run_directory
+from burstgpt.report import write_run_directory
 
-ROOT = Path(__file__).resolve().parents[1]
 BODIES = web.AppKey("bodies", list)  # request bodies the test server received
 AUTHS = web.AppKey("auths", list)  # their Authorization headers
 
@@ -234,11 +233,11 @@ def test_streaming_every_failure_class(server, tmp_path):
     assert server_metrics["num_requests_waiting"].null_count() == server_metrics.height
     summary = write_run_directory(tmp_path / "run", records, config={"url": server.url},
                                   server_metrics=server_metrics)
-    acc = summary["requests"]
-    assert acc["balanced"] and acc["sent"] == len(models) and acc["succeeded"] == 2
-    assert acc["failed"] == len(models) - 2 and acc["cancelled"] == 0
-    assert sum(acc["failures_by_class"].values()) == acc["failed"]
-    assert summary["server"]["kv_cache_usage_perc"]["mean"] == 0.5
+    acc = summary.requests
+    assert acc.balanced and acc.sent == len(models) and acc.succeeded == 2
+    assert acc.failed == len(models) - 2 and acc.cancelled == 0 and acc.not_sent == 0
+    assert sum(acc.failures_by_class.values()) == acc.failed
+    assert summary.server.kv_cache_usage_perc.mean == 0.5
 
 
 def test_non_streaming_chat_and_total_timeout(server, tmp_path):
@@ -263,7 +262,8 @@ def test_connection_refused_is_counted(tmp_path):
         port = sock.getsockname()[1]
     models = ["ok"] * 5
     result = run_bench(_workload(models), EndpointOptions(f"http://127.0.0.1:{port}", timeout_s=1.0),
-                       RunOptions(progress=False, model="ok", metrics_url=f"http://127.0.0.1:{port}/metrics"),
+                       RunOptions(progress=False, model="ok", metrics_url=f"http://127.0.0.1:{port}/metrics",
+                                  check_server=False),
                        headers={}, records_path=tmp_path / "r.jsonl")
     assert result.records["error_class"].to_list() == ["connection_refused"] * 5
     assert result.server_metrics.height == 0
@@ -308,7 +308,7 @@ def test_open_loop_keeps_schedule_while_requests_are_slow(server, tmp_path):
     assert (sent[4:] >= ends[:-4] - 1e-3).all()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT], ids=["SIGINT"])  # SIGTERM: test_rundir_lifecycle, vs serve-sim
 def test_signal_mid_run_leaves_valid_summary(server, tmp_path, sig):
     # 60 requests over 3 s, each answered after 2 s: at SIGINT (~1 s in) some are in flight, most unsent.
     wl = _workload(["slow"] * 60, gap_s=0.05).with_columns(pl.col("arrival_s"))
@@ -319,7 +319,7 @@ def test_signal_mid_run_leaves_valid_summary(server, tmp_path, sig):
            "--out", str(run_dir), "--grace", "0.3", "--quiet", "--extra-body", '{"delay_s": 2.0}',
            "--no-server-metrics"]
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while not (run_dir / "requests.jsonl").exists():  # the run has started sending
@@ -343,9 +343,14 @@ def test_signal_mid_run_leaves_valid_summary(server, tmp_path, sig):
     assert run.complete and run.records.height == 60
     cancelled = run.records.filter(pl.col("status") == "cancelled")
     assert cancelled["error_class"].null_count() == cancelled.height
-    # In-flight requests were cancelled after the 0.3 s grace, well before their 2 s answer.
-    in_flight = cancelled.filter(pl.col("sent_s").is_not_null())
-    assert (in_flight["end_s"] - in_flight["sent_s"]).max() < 2.0
+    # Cancelled requests were in flight: cancelled after the 0.3 s grace, well before their 2 s answer.
+    assert cancelled["sent_s"].null_count() == 0
+    assert (cancelled["end_s"] - cancelled["sent_s"]).max() < 2.0
+    # Never-sent requests have their own status, and the parquet and summary.json agree.
+    not_sent = run.records.filter(pl.col("status") == "not_sent")
+    assert not_sent.height == acc["not_sent"] and not_sent["sent_s"].null_count() == not_sent.height
+    assert cancelled.height == acc["cancelled"]
+    assert b"Traceback" not in err
 
 
 def test_bench_cli_generates_workload_and_keeps_key_secret(server, tmp_path, monkeypatch, capsys):
@@ -384,3 +389,43 @@ def test_scraper_columns_are_the_server_metrics_layout():
     from burstgpt.records import SERVER_METRICS_SCHEMA
 
     assert ["time_s", *SERVER_METRIC_SOURCES] == list(SERVER_METRICS_SCHEMA)
+
+
+@pytest.mark.parametrize("arrivals", [[0.0, float("nan"), 0.2], [0.0, 0.3, 0.1], [0.0, float("inf"), 1.0]],
+                         ids=["nan", "decreasing", "inf"])
+def test_unusable_arrivals_are_refused_before_any_request(server, tmp_path, arrivals):
+    from burstgpt.errors import InputError
+
+    workload = pl.DataFrame({"request_id": [0, 1, 2], "arrival_s": arrivals, "input_tokens": [5, 5, 5],
+                             "model": ["ok"] * 3})
+    received = len(server.app[BODIES])
+    with pytest.raises(InputError, match="arrival_s") as caught:
+        run_bench(workload, EndpointOptions(server.url), RunOptions(progress=False), headers={},
+                  records_path=tmp_path / "r.jsonl", workload_source="wl.parquet")
+    assert caught.value.path == "wl.parquet" and caught.value.line in (2, 3)
+    assert len(server.app[BODIES]) == received and not (tmp_path / "r.jsonl").exists()
+
+
+def test_never_sent_requests_are_not_sent_not_cancelled(server, tmp_path):
+    from burstgpt.metrics import account_requests
+
+    # 20 requests 0.1 s apart, each answered after 2 s; stopped at 0.35 s with a 0.2 s grace: the first few
+    # were sent and are cancelled in flight, the rest were never sent.
+    workload = _workload(["slow"] * 20, gap_s=0.1)
+    endpoint = EndpointOptions(server.url, timeout_s=10.0, extra_body={"delay_s": 2.0})
+    generator = LoadGenerator(workload, endpoint, RunOptions(progress=False, grace_s=0.2), headers={},
+                              records_path=tmp_path / "r.jsonl")
+
+    async def run_and_stop():
+        asyncio.get_running_loop().call_later(0.35, generator.request_stop, "test")
+        return await generator.run()
+
+    records = asyncio.run(run_and_stop()).records
+    sent = records.filter(pl.col("sent_s").is_not_null())
+    never = records.filter(pl.col("sent_s").is_null())
+    assert sent.height >= 1 and never.height >= 10
+    assert set(sent["status"]) == {"cancelled"} and set(never["status"]) == {"not_sent"}
+    assert never["end_s"].null_count() == never.height
+    acc = account_requests(records)
+    assert (acc.sent, acc.cancelled, acc.not_sent, acc.total) == (sent.height, sent.height, never.height, 20)
+    assert acc.balanced

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -11,28 +10,20 @@ import pytest
 
 from burstgpt.cli import main
 from burstgpt.errors import BurstGPTError
-from burstgpt.records import REQUEST_RECORD_SCHEMA
+from burstgpt.records import REQUEST_RECORD_SCHEMA, SERVER_METRICS_SCHEMA
 from burstgpt.sim.engine import STEP_COLUMNS, EngineConfig, ServingEngine
-from burstgpt.sim.hardware import (
-    GIB,
-    LinearLatency,
-    RooflineLatency,
-    gpu_preset,
-    model_preset,
-    num_gpu_blocks,
-)
+from burstgpt.sim.hardware import GIB, gpu_preset, model_preset, num_gpu_blocks
+from burstgpt.sim.latency import LinearLatency, RooflineLatency
 from burstgpt.sim.output_lengths import parse_output_length_model, resolve_output_lengths
 from burstgpt.sim.reference import reference_simulate
-from burstgpt.sim.simulate import (
-    SERVER_METRIC_COLUMNS,
-    EngineSetup,
-    server_metrics_from_steps,
-    simulate_workload,
-)
+from burstgpt.sim.simulate import EngineSetup, server_metrics_from_steps, simulate_workload
 from burstgpt.workload.schema import conform_workload
 
 # Step times that are exact in binary floating point keep hand computations exact.
 LINEAR = LinearLatency(base_s=0.0625, per_prefill_token_s=0.0009765625, per_decode_token_s=0.001953125)
+# Every term of the linear model, also in powers of two.
+FULL_LINEAR = LinearLatency(base_s=2**-4, per_prefill_token_s=2**-10, per_decode_token_s=2**-9,
+                            per_kv_token_s=2**-14, per_prefill_pair_s=2**-20, per_admitted_request_s=2**-7)
 
 
 def _workload(arrival, prompt, output) -> pl.DataFrame:
@@ -150,12 +141,15 @@ def _assert_same(got: dict, expected: dict, *, exact: bool, context: str) -> Non
             np.testing.assert_array_equal(values, expected[name], err_msg=f"{name}, {context}")
 
 
+@pytest.mark.parametrize("kind", ["roofline", "linear"])
 @pytest.mark.parametrize("seed", range(12))
-def test_fast_engine_matches_the_per_step_reference(seed):
+def test_fast_engine_matches_the_per_step_reference(seed, kind):
     """Stepping mode is bit-identical to the simple reference; jumping (decode runs summed in closed form) makes
-    the same decisions with times equal to float rounding."""
+    the same decisions with times equal to float rounding. For both latency models (the linear one with every
+    term: prefill attention pairs and admitted requests too)."""
     config, arrival, prompt, output = _random_case(seed)
-    latency = RooflineLatency(gpu_preset("A800-80GB"), model_preset("Llama-2-7B-chat"))
+    latency = RooflineLatency(gpu_preset("A800-80GB"), model_preset("Llama-2-7B-chat")) if kind == "roofline" \
+        else FULL_LINEAR
     expected = reference_simulate(config, latency, arrival, prompt, output)
     step_times = expected.pop("step_times")
     for jump in (False, True):
@@ -167,7 +161,7 @@ def test_fast_engine_matches_the_per_step_reference(seed):
         _assert_same({"step_times": steps["time_s"].to_numpy()}, {"step_times": step_times}, exact=not jump,
                      context=f"steps, jump={jump}")
         assert steps["kv_blocks_used"].max() <= config.num_gpu_blocks
-    assert expected["preemptions"].sum() > 0 or seed % 3  # most cases exercise preemption
+    assert expected["preemptions"].sum() > 0 or seed % 3 or kind == "linear"  # most cases exercise preemption
 
 
 def test_jump_and_step_modes_give_the_same_tables():
@@ -194,8 +188,9 @@ def test_records_and_steps_schemas():
     assert result.records.schema == pl.Schema(REQUEST_RECORD_SCHEMA)
     assert result.steps.schema == pl.Schema(STEP_COLUMNS)
     assert result.steps["generated_tokens"].sum() >= result.records["output_tokens"].sum()
-    metrics = server_metrics_from_steps(result.steps, config.num_gpu_blocks)
-    assert tuple(metrics.columns) == SERVER_METRIC_COLUMNS
+    metrics = server_metrics_from_steps(result.steps, config.num_gpu_blocks, None)
+    assert metrics.height == result.steps.height
+    assert tuple(metrics.columns) == (*SERVER_METRICS_SCHEMA, "kv_cache_usage_peak")
     assert metrics["kv_cache_usage_perc"].max() <= 1.0
     assert metrics["num_preemptions_total"][-1] == result.records["preemptions"].sum()
     assert metrics["generation_tokens_total"].is_sorted()
@@ -217,12 +212,10 @@ def test_output_lengths_fixed_drawn_and_capped():
 
 
 def test_simulate_cli_writes_a_run_directory(tmp_path, capsys):
-    from burstgpt.commands.workload import add_generation_arguments, workload_from_args
     from burstgpt.workload.io import write_workload
+    from burstgpt.workload.spec import ScheduledArrivals, WorkloadSpec, build_workload
 
-    parser = argparse.ArgumentParser()
-    add_generation_arguments(parser)
-    workload = workload_from_args(parser.parse_args(["--rate", "2", "--num-requests", "200", "--seed", "3"]))
+    workload = build_workload(WorkloadSpec(arrivals=ScheduledArrivals(rate_rps=2.0), num_requests=200, seed=3))
     path = write_workload(workload, tmp_path / "w.parquet")
     out = tmp_path / "run"
     status = main(["simulate", "-o", str(out), "--workload", str(path), "--gpu", "H100-80GB",
@@ -240,21 +233,30 @@ def test_simulate_cli_writes_a_run_directory(tmp_path, capsys):
     assert server["generation_tokens_total"][-1] == steps["generated_tokens"].sum()
     assert main(["simulate", "-o", str(out), "--workload", str(tmp_path / "missing.parquet")]) == 2
     assert "missing.parquet" in capsys.readouterr().err
-    assert main(["simulate", "-o", str(out), "--workload", str(path), "--num-gpu-blocks", "10"]) == 2
+    assert main(["simulate", "-o", str(out), "--workload", str(path), "--num-gpu-blocks", "10",
+                 "--overwrite"]) == 2
+    assert "cannot hold one request" in capsys.readouterr().err
+    # A finished run is not replaced without --overwrite; with it, the new run replaces the old one.
+    assert main(["simulate", "-o", str(out), "--workload", str(path), "--num-requests", "50"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["requests"]["total"] == 200
+    assert main(["simulate", "-o", str(out), "--workload", str(path), "--num-requests", "50", "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["requests"]["total"] == 50
 
 
 def test_step_table_expands_the_same_in_chunks(monkeypatch):
     import burstgpt.sim.engine as engine_module
+    import burstgpt.sim.step_log as step_log_module
 
     config, arrival, prompt, output = _random_case(4)
     engine = ServingEngine(config, RooflineLatency(gpu_preset("A800-80GB"), model_preset("Llama-2-7B-chat")))
     engine.submit(arrival, prompt, output)
     engine.run(jump=True)
     whole = engine.steps.frame()
-    monkeypatch.setattr(engine_module, "_FRAME_CHUNK_ROWS", 7)
+    monkeypatch.setattr(step_log_module, "_FRAME_CHUNK_ROWS", 7)
     assert engine.steps.frame().equals(whole)
     # Segments joined every few appends give the same table as all joined at the end.
-    monkeypatch.setattr(engine_module, "_LOG_CHUNK", 5)
+    monkeypatch.setattr(step_log_module, "_LOG_CHUNK", 5)
     packed = ServingEngine(config, engine.latency)
     packed.submit(arrival, prompt, output)
     packed.run(jump=True)
@@ -266,13 +268,11 @@ def test_step_table_expands_the_same_in_chunks(monkeypatch):
 
 
 def test_downsampled_server_metrics_are_the_last_step_and_peak_of_each_interval():
-    from burstgpt.commands.simulate import downsample_server_metrics
-
     config, arrival, prompt, output = _random_case(5)
     result = simulate_workload(_workload(arrival, prompt, output), _setup(config))
-    per_step = server_metrics_from_steps(result.steps, config.num_gpu_blocks)
+    per_step = server_metrics_from_steps(result.steps, config.num_gpu_blocks, None).drop("kv_cache_usage_peak")
     for interval in (0.05, 1.0, 7.5):
-        sampled = downsample_server_metrics(result.steps, config.num_gpu_blocks, interval)
+        sampled = server_metrics_from_steps(result.steps, config.num_gpu_blocks, interval)
         bucket = (per_step["time_s"] / interval).floor()
         assert sampled.height == bucket.n_unique()
         # Straight from the definition, interval by interval.
@@ -285,12 +285,10 @@ def test_downsampled_server_metrics_are_the_last_step_and_peak_of_each_interval(
 def test_downsampled_server_metrics_when_step_ends_go_back():
     """Rounding can put a step's end a hair before its predecessor's: an interval then gathers its rows wherever
     they are (the general path)."""
-    from burstgpt.commands.simulate import downsample_server_metrics
-
     ints = {name: [0, 0, 0] for name in STEP_COLUMNS if name not in ("time_s", "duration_s")}
     steps = pl.DataFrame({"time_s": [0.0, 1.0, 0.5], "duration_s": [0.5, 0.5, 0.4],
                           **ints, "kv_blocks_used": [2, 8, 4], "generated_tokens": [1, 1, 1]}, schema=STEP_COLUMNS)
-    sampled = downsample_server_metrics(steps, 10, 1.0)  # ends 0.5, 1.5, 0.9: intervals 0, 1, 0
+    sampled = server_metrics_from_steps(steps, 10, 1.0)  # ends 0.5, 1.5, 0.9: intervals 0, 1, 0
     assert sampled["time_s"].to_list() == [0.9, 1.5]
     assert sampled["kv_cache_usage_perc"].to_list() == [0.4, 0.8]
     assert sampled["kv_cache_usage_peak"].to_list() == [0.4, 0.8]

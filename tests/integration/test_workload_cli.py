@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,10 +12,8 @@ import pytest
 from burstgpt.cli import main
 from burstgpt.commands.workload import add_generation_arguments, workload_from_args
 from burstgpt.workload.io import read_workload
-from burstgpt.workload.prompts import BuiltinTokenizer
+from burstgpt.workload.tokenizer import BuiltinTokenizer
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
-BURSTGPT_HEAD = TRACES / "burstgpt_1_head.csv"
 
 
 def _generation_args(argv: list[str]) -> argparse.Namespace:
@@ -65,24 +62,20 @@ def test_workload_flag_reads_an_existing_file_and_bounds_apply(tmp_path):
     assert frame["output_tokens"].to_list() == [64] * 5
 
 
-def test_replay_command_scales_and_takes_trace_responses(tmp_path):
-    if not BURSTGPT_HEAD.exists():
-        pytest.skip("shared trace absent")
+def test_replay_command_scales_and_takes_trace_responses(tmp_path, burstgpt_head):
     out = tmp_path / "replay.parquet"
-    assert main(["workload", "generate", "--replay", str(BURSTGPT_HEAD), "--scale", "100", "-o", str(out)]) == 0
+    assert main(["workload", "generate", "--replay", str(burstgpt_head), "--scale", "100", "-o", str(out)]) == 0
     frame = read_workload(out)
-    trace = pl.read_csv(BURSTGPT_HEAD)
+    trace = pl.read_csv(burstgpt_head)
     np.testing.assert_allclose(np.diff(frame["arrival_s"].to_numpy()), np.diff(trace["Timestamp"].to_numpy()) / 100)
     responses = trace["Response tokens"].to_numpy()
     assert frame["output_tokens"].to_list() == [int(r) if r > 0 else None for r in responses]
     assert frame["service"].to_list()[:2] == ["conversation", "conversation"]
 
 
-def test_fit_then_generate_from_params_then_inspect(tmp_path, capsys):
-    if not BURSTGPT_HEAD.exists():
-        pytest.skip("shared trace absent")
+def test_fit_then_generate_from_params_then_inspect(tmp_path, capsys, burstgpt_head):
     params = tmp_path / "params.json"
-    assert main(["workload", "fit", str(BURSTGPT_HEAD), "-o", str(params)]) == 0
+    assert main(["workload", "fit", str(burstgpt_head), "-o", str(params)]) == 0
     data = json.loads(params.read_text())
     assert data["num_requests"] == 400
     assert len(data["arrivals"]["windows"]) == 32

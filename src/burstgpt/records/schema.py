@@ -1,5 +1,5 @@
-"""Per-request records and server metrics: the schemas written by both the load generator (`client`) and the simulator (`sim`),
-and read by `metrics` and `report`.
+"""Per-request records and server metrics: the schemas written by both the load generator (`client`) and the
+simulator (`sim`), and read by `metrics` and `report`.
 
 All times are seconds since the run's start (the instant request schedule time 0 refers to).
 
@@ -15,13 +15,16 @@ All times are seconds since the run's start (the instant request schedule time 0
 | end_s               | Float64      | when the request ended (success, failure or cancellation)               |
 | input_tokens        | Int64        | prompt tokens (server `usage` when given, else counted)                  |
 | output_tokens       | Int64        | completion tokens received (server `usage` when given, else counted)     |
-| status              | Utf8         | `ok`, `failed` or `cancelled`                                            |
-| error_class         | Utf8         | null when ok; else one of ERROR_CLASSES                                  |
+| status              | Utf8         | `ok`, `failed`, `cancelled` (sent, stopped in flight) or `not_sent`      |
+| error_class         | Utf8         | null unless failed; then one of ERROR_CLASSES                            |
 | error_message       | Utf8         | short human-readable message, nullable                                   |
 | http_status         | Int64        | HTTP status code, nullable                                               |
 | bytes_received      | Int64        | response bytes received (0 for the simulator)                            |
 | preemptions         | Int64        | simulator only: times the request was preempted; null for the client     |
 | chunk_times_s       | List(Float64)| optional: arrival time of every streamed chunk; null when not recorded   |
+
+`sent_s` is null exactly for `not_sent` records, so `sent = ok + failed + cancelled` and
+`total = sent + not_sent` hold for every complete record table.
 
 Server metrics: the serving engine's own state over time, on the records' clock. Written by the load
 generator (scraped from Prometheus `/metrics`) and by the simulator (from its engine steps); read by the
@@ -43,11 +46,17 @@ the server reports them; take differences for rates. Extra engine-specific colum
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
+
 import polars as pl
+
+from burstgpt.tables import conform_to_schema
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
-STATUS_CANCELLED = "cancelled"
+STATUS_CANCELLED = "cancelled"  # sent, then stopped in flight because the run stopped
+STATUS_NOT_SENT = "not_sent"  # never sent: the run stopped first
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_CANCELLED, STATUS_NOT_SENT)
 
 #: Failure classes. Every failed request carries exactly one.
 ERROR_CLASSES = (
@@ -65,26 +74,46 @@ ERROR_CLASSES = (
     "other",
 )
 
-REQUEST_RECORD_SCHEMA: dict[str, pl.DataType] = {
-    "request_id": pl.Int64(),
-    "model": pl.Utf8(),
-    "service": pl.Utf8(),
-    "scheduled_s": pl.Float64(),
-    "sent_s": pl.Float64(),
-    "first_scheduled_s": pl.Float64(),
-    "first_token_s": pl.Float64(),
-    "end_s": pl.Float64(),
-    "input_tokens": pl.Int64(),
-    "output_tokens": pl.Int64(),
-    "status": pl.Utf8(),
-    "error_class": pl.Utf8(),
-    "error_message": pl.Utf8(),
-    "http_status": pl.Int64(),
-    "bytes_received": pl.Int64(),
-    "preemptions": pl.Int64(),
-    "chunk_times_s": pl.List(pl.Float64()),
-}
+_MESSAGE_LIMIT = 300  # characters of an error text kept in error_message
 
+
+def _column(dtype: pl.DataType, **default) -> field:
+    """A record field and its Polars dtype (the schema is derived from these fields)."""
+    return field(metadata={"dtype": dtype}, **default)
+
+
+@dataclass
+class RequestRecord:
+    """One request's outcome, one row of `REQUEST_RECORD_SCHEMA` (derived from these fields; see the module
+    table for meanings). A new record is `not_sent` until the client sends it."""
+
+    request_id: int = _column(pl.Int64())
+    model: str | None = _column(pl.Utf8())
+    service: str | None = _column(pl.Utf8())
+    scheduled_s: float = _column(pl.Float64())
+    sent_s: float | None = _column(pl.Float64(), default=None)
+    first_scheduled_s: float | None = _column(pl.Float64(), default=None)
+    first_token_s: float | None = _column(pl.Float64(), default=None)
+    end_s: float | None = _column(pl.Float64(), default=None)
+    input_tokens: int | None = _column(pl.Int64(), default=None)
+    output_tokens: int | None = _column(pl.Int64(), default=None)
+    status: str = _column(pl.Utf8(), default=STATUS_NOT_SENT)
+    error_class: str | None = _column(pl.Utf8(), default=None)
+    error_message: str | None = _column(pl.Utf8(), default=None)
+    http_status: int | None = _column(pl.Int64(), default=None)
+    bytes_received: int = _column(pl.Int64(), default=0)
+    preemptions: int | None = _column(pl.Int64(), default=None)
+    chunk_times_s: list[float] | None = _column(pl.List(pl.Float64()), default=None)
+
+    def fail(self, error_class: str, message: str) -> None:
+        """Mark the request failed with one of ERROR_CLASSES and a short message."""
+        self.status = STATUS_FAILED
+        self.error_class = error_class
+        self.error_message = message[:_MESSAGE_LIMIT]
+
+
+#: Column -> dtype of a request-records table: the fields of `RequestRecord`, in order.
+REQUEST_RECORD_SCHEMA: dict[str, pl.DataType] = {f.name: f.metadata["dtype"] for f in fields(RequestRecord)}
 
 SERVER_METRICS_SCHEMA: dict[str, pl.DataType] = {
     "time_s": pl.Float64(),
@@ -101,19 +130,6 @@ SERVER_GAUGES = ("kv_cache_usage_perc", "num_requests_running", "num_requests_wa
 SERVER_COUNTERS = ("num_preemptions_total", "prompt_tokens_total", "generation_tokens_total")
 
 
-def conform_to_schema(frame: pl.DataFrame, schema: dict[str, pl.DataType], *, keep_extra: bool = False) -> pl.DataFrame:
-    """Add the schema's missing columns as nulls, cast to the schema and put its columns first, in order.
-
-    Other columns are dropped, or kept after the schema's when `keep_extra`.
-    """
-    exprs = [
-        pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype=dtype).alias(name)
-        for name, dtype in schema.items()
-    ]
-    extra = [name for name in frame.columns if name not in schema] if keep_extra else []
-    return frame.select(exprs + extra)
-
-
 def empty_request_records() -> pl.DataFrame:
     """A zero-row frame with the request-record schema."""
     return pl.DataFrame(schema=REQUEST_RECORD_SCHEMA)
@@ -122,6 +138,13 @@ def empty_request_records() -> pl.DataFrame:
 def conform_request_records(frame: pl.DataFrame) -> pl.DataFrame:
     """Add any missing record columns as nulls, cast to the schema and order the columns."""
     return conform_to_schema(frame, REQUEST_RECORD_SCHEMA)
+
+
+def upgrade_legacy_statuses(frame: pl.DataFrame) -> pl.DataFrame:
+    """Records written before `not_sent` existed called never-sent requests `cancelled` (with a null sent_s):
+    give them their own status, as the client now writes it."""
+    legacy = (pl.col("status") == STATUS_CANCELLED) & pl.col("sent_s").is_null()
+    return frame.with_columns(pl.when(legacy).then(pl.lit(STATUS_NOT_SENT)).otherwise(pl.col("status")).alias("status"))
 
 
 def conform_server_metrics(frame: pl.DataFrame) -> pl.DataFrame:

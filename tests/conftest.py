@@ -1,0 +1,55 @@
+"""Shared fixtures: where the read-only real data lives (`../shared/data` beside the checkout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TESTS_DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` (traces/, servegen/); skips the test when the checkout has no shared data beside it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("shared data (../shared/data) not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_traces(shared_data: Path) -> Path:
+    """`../shared/data/traces`."""
+    return shared_data / "traces"
+
+
+@pytest.fixture(scope="session")
+def tests_data() -> Path:
+    """Small fixtures committed with the tests (`tests/data`)."""
+    return TESTS_DATA
+
+
+def _shared_trace(shared_traces: Path, name: str) -> Path:
+    path = shared_traces / name
+    if not path.exists():
+        pytest.skip(f"shared trace {name} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def burstgpt_head(shared_traces: Path) -> Path:
+    """The first 400 rows of the real BurstGPT_1.csv (6 columns, ~10.4 h)."""
+    return _shared_trace(shared_traces, "burstgpt_1_head.csv")
+
+
+@pytest.fixture(scope="session")
+def azure_code(shared_traces: Path) -> Path:
+    """One hour of the Azure LLM inference trace 2023, code service."""
+    return _shared_trace(shared_traces, "azure_llm_2023_code.csv")
+
+
+@pytest.fixture(scope="session")
+def mooncake_trace(shared_traces: Path) -> Path:
+    """Mooncake's synthetic trace (JSONL, ms timestamps, hash_ids of 512-token blocks)."""
+    return _shared_trace(shared_traces, "mooncake_synthetic_trace.jsonl")
