@@ -123,3 +123,33 @@ def test_a_workload_file_with_a_nan_arrival_is_refused_by_the_cli(tmp_path, caps
     assert main(["workload", "inspect", str(bad), "--no-plots"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{bad}:2:" in err[0] and "arrival_s" in err[0]
+
+
+def test_mooncake_prefix_ids_survive_replay_and_files(tmp_path, mooncake_trace):
+    from burstgpt.trace import load_trace
+    from burstgpt.workload import write_workload
+
+    trace = load_trace(mooncake_trace)
+    frame = build_workload(WorkloadSpec(ReplayedTrace(str(mooncake_trace)), num_requests=500))
+    assert frame["prefix_block_ids"].to_list() == trace.frame["prefix_block_ids"].head(500).to_list()
+    assert set(frame["prefix_block_size"].unique().to_list()) == {512}
+    for suffix in (".parquet", ".jsonl"):
+        path = write_workload(frame, tmp_path / f"w{suffix}")
+        assert read_workload(path).equals(frame)
+
+
+def test_prefix_ids_are_checked():
+    base = _frame([0.0, 1.0]).with_columns(
+        pl.Series("prefix_block_ids", [[1, 2], None], dtype=pl.List(pl.Int64)),
+        pl.Series("prefix_block_size", [4, None], dtype=pl.Int64))
+    from burstgpt.workload.schema import conform_workload
+
+    validate_workload(conform_workload(base))  # 2 ids x 4 tokens within 10 input tokens
+    with pytest.raises(InputError, match="need a positive size") as info:
+        validate_workload(conform_workload(base.with_columns(pl.lit(None, dtype=pl.Int64).alias("prefix_block_size"))))
+    assert info.value.line == 1 and info.value.column == "prefix_block_size"
+    with pytest.raises(InputError, match="cover more than the prompt"):
+        validate_workload(conform_workload(base.with_columns(pl.lit(10, dtype=pl.Int64).alias("prefix_block_size"))))
+    with pytest.raises(InputError, match="non-negative"):
+        validate_workload(conform_workload(base.with_columns(
+            pl.Series("prefix_block_ids", [[1, -2], None], dtype=pl.List(pl.Int64)))))

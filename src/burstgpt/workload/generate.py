@@ -45,8 +45,13 @@ def assemble_workload(
     model: pl.Series | str | None = None,
     service: pl.Series | str | None = None,
     session_id: pl.Series | None = None,
+    prefix_block_ids: pl.Series | None = None,
+    prefix_block_size: int | None = None,
 ) -> pl.DataFrame:
     """The workload table (see `burstgpt.workload.schema`) from per-request arrays of equal length.
+
+    `prefix_block_ids` (a List(Int64) series, null where a request has none) with `prefix_block_size` tokens
+    per id mark shared prompt prefixes.
 
     `output_tokens` uses -1 for "left to the model" (written as null); when intended output exceeds the cap,
     the cap is raised to it so the two never contradict.
@@ -75,6 +80,16 @@ def assemble_workload(
             frame = frame.with_columns(pl.lit(value, dtype=pl.Utf8).alias(name))
         else:
             frame = frame.with_columns(pl.Series(name, value, dtype=pl.Utf8))
+    if prefix_block_ids is not None and prefix_block_ids.null_count() < n:
+        if not prefix_block_size or prefix_block_size < 1:
+            raise BurstGPTError("prefix block ids need a positive prefix block size (tokens per id)")
+        ids = pl.Series("prefix_block_ids", prefix_block_ids, dtype=pl.List(pl.Int64))
+        has_ids = ids.list.len().fill_null(0) > 0
+        frame = frame.with_columns(
+            pl.when(has_ids).then(ids).otherwise(None).alias("prefix_block_ids"),
+            pl.when(has_ids).then(pl.lit(prefix_block_size, dtype=pl.Int64)).otherwise(None)
+            .alias("prefix_block_size"),
+        )
     return conform_workload(frame)
 
 

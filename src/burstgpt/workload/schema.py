@@ -37,6 +37,8 @@ WORKLOAD_SCHEMA: dict[str, pl.DataType] = {
     "model": pl.Utf8(),
     "service": pl.Utf8(),
     "session_id": pl.Utf8(),
+    "prefix_block_ids": pl.List(pl.Int64()),
+    "prefix_block_size": pl.Int64(),
 }
 
 #: Longest plausible arrival time, seconds (about 31.7 years): anything beyond is a unit or data error.
@@ -53,10 +55,12 @@ def conform_workload(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def validate_workload(frame: pl.DataFrame, source: str | Path = "workload") -> pl.DataFrame:
-    """Check a conformed workload and return it; raise `InputError` naming `source`, the 1-based row and the
+    """Check a workload and return it conformed to the schema; raise `InputError` naming `source`, the 1-based row and the
     column for the first bad value: arrival_s missing, non-finite, negative, over MAX_ARRIVAL_S or
     decreasing; input_tokens missing, negative or over MAX_TOKENS; output/max_output tokens negative or over
-    MAX_TOKENS."""
+    MAX_TOKENS; prefix block ids negative, without a size, or covering more than the prompt."""
+    if list(frame.schema.items()) != list(WORKLOAD_SCHEMA.items()):
+        frame = conform_workload(frame)
     arrival = frame["arrival_s"]
     checks = [
         ("arrival_s", arrival.is_null() | ~arrival.is_finite(), "missing or not a finite number"),
@@ -70,6 +74,16 @@ def validate_workload(frame: pl.DataFrame, source: str | Path = "workload") -> p
         checks.append((name, frame[name] > MAX_TOKENS, f"over {MAX_TOKENS:,} tokens: not a plausible length"))
     for name in ("output_tokens", "max_output_tokens"):
         checks.append((name, frame[name] < 0, "negative token count"))
+    ids, size = frame["prefix_block_ids"], frame["prefix_block_size"]
+    if ids.null_count() < frame.height:
+        has_ids = ids.list.len().fill_null(0) > 0
+        checks += [
+            ("prefix_block_size", has_ids & (size.is_null() | (size < 1)), "prefix block ids need a positive size"),
+            ("prefix_block_ids", ids.list.eval(pl.element().is_null() | (pl.element() < 0)).list.any(),
+             "prefix block ids must be non-negative integers"),
+            ("prefix_block_ids", has_ids & ((ids.list.len() - 1) * size >= frame["input_tokens"]),
+             "prefix block ids cover more than the prompt (ids x size >= input_tokens + size)"),
+        ]
     for column, mask, message in checks:
         bad = first_true_index(mask)
         if bad is not None:

@@ -215,7 +215,8 @@ def build_workload(
     streams = seed_streams(spec.seed)
     cap = spec.responses.max_output_tokens or None
     source = spec.arrivals
-    trace_responses = session = service = None
+    trace_responses = session = service = prefix_ids = None
+    prefix_size: int | None = None
     params: WorkloadParams | None = None
 
     if isinstance(source, ReplayedTrace):
@@ -237,6 +238,7 @@ def build_workload(
         input_tokens = np.maximum(kept["request_tokens"].to_numpy(), 1)
         trace_responses = kept["response_tokens"].to_numpy()
         service, session = kept["service"], kept["session_id"]
+        prefix_ids, prefix_size = kept["prefix_block_ids"], trace.prefix_block_size
         response = _response_spec(
             spec.responses, cap, default="trace",
             empirical=lambda: EmpiricalResponses.fit(kept["request_tokens"].to_numpy(), trace_responses),
@@ -266,7 +268,7 @@ def build_workload(
     output_tokens = response.output_tokens(input_tokens, streams.responses, trace_responses)
     frame = assemble_workload(
         arrival_s, input_tokens, output_tokens=output_tokens, max_output_tokens=cap,
-        service=service, session_id=session,
+        service=service, session_id=session, prefix_block_ids=prefix_ids, prefix_block_size=prefix_size,
     )
     if spec.prompts is not None:
         frame = _attach_prompts(frame, spec.prompts, input_tokens, streams.prompts, notes, status)
