@@ -1,5 +1,5 @@
 """The paper's case study (section V, Figs 16 and 17) in simulation: A800-80GB x Llama-2-13B-chat (vLLM-like engine,
-30 s server timeout) under BurstGPT workloads with the Table III parameters (Gamma alpha 0.5, beta 2 s; Zipf
+30 s client timeout) under BurstGPT workloads with the Table III parameters (Gamma alpha 0.5, beta 2 s; Zipf
 theta 1.1 request lengths; output lengths left to the model).
 
 Writes, under --out (default ./paper-burst-sim):

@@ -53,3 +53,23 @@ def azure_code(shared_traces: Path) -> Path:
 def mooncake_trace(shared_traces: Path) -> Path:
     """Mooncake's synthetic trace (JSONL, ms timestamps, hash_ids of 512-token blocks)."""
     return _shared_trace(shared_traces, "mooncake_synthetic_trace.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_path(tmp_path_factory) -> Path:
+    """A small byte-level BPE `tokenizer.json` trained here on a few sentences (as
+    examples/vllm_cpu/make_tiny_model.py does): most words are several tokens in it, which is what makes exact
+    counts hard. Skips when the `tokenizers` package is absent."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["the quick brown fox jumps over the lazy dog and the cat", "how did she get the old man to run",
+              "we may see two new ways for you"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tok.save(str(path))
+    return path

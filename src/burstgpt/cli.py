@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "burstgpt.commands.bench",  # bench
     "burstgpt.commands.simulate",  # simulate
     "burstgpt.commands.serve_sim",  # serve-sim
+    "burstgpt.commands.profile",  # profile (fit the step-time model to a server)
+    "burstgpt.commands.calibrate",  # calibrate (fit it to bench runs)
     "burstgpt.commands.report",  # report
     "burstgpt.commands.demo",  # demo
 )

@@ -101,7 +101,12 @@ def test_random_json_values_raise_only_the_parsers_errors(value):
 
 
 def test_examples_of_each_outcome():
-    assert _parse([b'data: {"choices":[{"text":"hi"}]}\n\ndata: [DONE]\n\n']) == [StreamEvent(has_text=True), DONE]
+    assert _parse([b'data: {"choices":[{"text":"hi"}]}\n\ndata: [DONE]\n\n']) == [StreamEvent(has_token=True), DONE]
+    # vLLM streams a byte-level token that completes no character as text "": still one token (one step).
+    assert _parse([b'data: {"choices":[{"text":"","finish_reason":null}]}\n']) == [StreamEvent(has_token=True)]
+    # Chat's role-only first delta carries no token.
+    assert _parse([b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n']) == [
+        StreamEvent(has_token=False)]
     assert _parse([b'data: {"choices":[],"usage":{"completion_tokens":3}}\n']) == [
         StreamEvent(usage={"completion_tokens": 3})]
     with pytest.raises(StreamErrorEvent, match="engine crashed"):

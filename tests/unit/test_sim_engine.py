@@ -72,8 +72,15 @@ def test_chunked_prefill_and_roofline_preset_by_hand():
 
 def test_kv_blocks_from_gpu_memory_by_hand():
     gpu, model = gpu_preset("A800-80GB"), model_preset("Llama-2-13B-chat")
-    free = 80 * GIB * 0.9 - 13.0e9 * 2 - 2 * GIB
+    # vLLM's determine_available_memory: memory x utilisation - weights - activation peak - non-torch memory;
+    # the activation peak of a 2048-token profiling pass is 16 x hidden x 2 bytes per token.
+    activations = 16 * 5120 * 2 * 2048
+    free = 80 * GIB * 0.9 - 13.0e9 * 2 - activations - 0.5 * GIB
     assert num_gpu_blocks(gpu, model) == int(free // (16 * 819200))
+    # More batched tokens, a larger profiling peak, fewer blocks; 128-token blocks (vLLM's CPU default) 8x fewer.
+    assert num_gpu_blocks(gpu, model, max_num_batched_tokens=8192) == int(
+        (free - 3 * activations) // (16 * 819200))
+    assert num_gpu_blocks(gpu, model, block_size=128) == int(free // (128 * 819200))
     with pytest.raises(BurstGPTError):
         num_gpu_blocks(gpu_preset("RTX-A6000-48GB"), model_preset("Llama-2-13B-chat"), gpu_memory_utilization=0.5)
 
@@ -190,7 +197,8 @@ def test_records_and_steps_schemas():
     assert result.steps["generated_tokens"].sum() >= result.records["output_tokens"].sum()
     metrics = server_metrics_from_steps(result.steps, config.num_gpu_blocks, None)
     assert metrics.height == result.steps.height
-    assert tuple(metrics.columns) == (*SERVER_METRICS_SCHEMA, "kv_cache_usage_peak")
+    assert tuple(metrics.columns) == (*SERVER_METRICS_SCHEMA, "prefix_cache_queries_total", "prefix_cache_hits_total",
+                                      "kv_cache_usage_peak")
     assert metrics["kv_cache_usage_perc"].max() <= 1.0
     assert metrics["num_preemptions_total"][-1] == result.records["preemptions"].sum()
     assert metrics["generation_tokens_total"].is_sorted()
@@ -219,7 +227,8 @@ def test_simulate_cli_writes_a_run_directory(tmp_path, capsys):
     path = write_workload(workload, tmp_path / "w.parquet")
     out = tmp_path / "run"
     status = main(["simulate", "-o", str(out), "--workload", str(path), "--gpu", "H100-80GB",
-                   "--model", "Llama-2-7B-chat", "--num-gpu-blocks", "600", "--timeout", "20"])
+                   "--model", "Llama-2-7B-chat", "--num-gpu-blocks", "600", "--timeout", "20",
+                   "--steps", "all"])
     assert status == 0
     records = pl.read_parquet(out / "requests.parquet")
     steps = pl.read_parquet(out / "steps.parquet")

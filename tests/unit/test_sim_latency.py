@@ -91,7 +91,8 @@ def test_presets_by_unambiguous_prefix_in_any_case():
     assert model_preset("LLAMA-2-13B-CHAT").name == "Llama-2-13B-chat"
     with pytest.raises(BurstGPTError, match=r"ambiguous \(matches Llama-2-7B-chat, Llama-2-13B-chat\)"):
         model_preset("llama")
-    with pytest.raises(BurstGPTError, match="unknown; choose one of: A800-80GB, RTX-A6000-48GB, H100-80GB"):
+    with pytest.raises(BurstGPTError,
+                       match="unknown; choose one of: A800-80GB, A100-80GB, RTX-A6000-48GB, H100-80GB, CPU"):
         gpu_preset("B200")
 
 
@@ -113,7 +114,8 @@ def test_simulate_prints_the_presets_chosen_and_its_engine_settings(tmp_path, ca
                  "llama-2-7b", "--num-gpu-blocks", "500", "--max-num-seqs", "64"]) == 0
     err = capsys.readouterr().err
     assert "--gpu a800: using preset A800-80GB" in err and "--model llama-2-7b: using preset Llama-2-7B-chat" in err
-    assert ("500 KV blocks x 16 tokens; max_num_seqs 64; max_num_batched_tokens 2048; max_model_len 4096" in err
+    # --max-num-seqs as given; the token budget vLLM's OpenAI-server default for an 80 GB A800.
+    assert ("500 KV blocks x 16 tokens; max_num_seqs 64; max_num_batched_tokens 8192; max_model_len 4096" in err
             and "latency roofline A800-80GB x Llama-2-7B-chat" in err)
     config = json.loads((out / "config.json").read_text())
     assert (config["gpu"], config["model"], config["num_gpu_blocks"]) == ("A800-80GB", "Llama-2-7B-chat", 500)

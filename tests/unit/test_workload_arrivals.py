@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from burstgpt.analysis.fits import fit_gamma, gamma_fit_per_window, interarrival_gaps
 from burstgpt.errors import BurstGPTError
@@ -215,3 +217,91 @@ def test_mirror_azure_hour_hits_target_rate_and_follows_window_counts(azure_code
     mean_rate, correlation = _mirror_check(azure_code, 60.0, 400.0, 2.0, seed=4)
     assert mean_rate == pytest.approx(400.0, rel=0.02)
     assert correlation > 0.9
+
+
+# ------------------------------------------------------------------------------------------------ families per step
+
+
+def test_a_single_family_named_per_step_draws_exactly_the_plain_schedule():
+    # The per-step path must not change what the single-process path draws (same seed, same arrivals).
+    alpha = shape_values("quadratic", 2.0, 0.3, 12)
+    for unit, step, bound in (("seconds", 60.0, {"duration_s": 720.0}), ("requests", 50, {"num_requests": 600})):
+        plain = ParamSchedule.regular(alpha, 1.0 / (alpha * 5.0), step, unit)
+        named = ParamSchedule(plain.starts, plain.alpha, plain.beta_s, unit, plain.end,
+                              step_process=np.full(12, "gamma"))
+        np.testing.assert_array_equal(scheduled_arrivals(plain, np.random.default_rng(4), **bound),
+                                      scheduled_arrivals(named, np.random.default_rng(4), **bound))
+
+
+def test_per_step_families_draw_each_windows_own_gaps():
+    # 600 s windows alternating Gamma(0.5) and Weibull(0.5) at 5 req/s: each family's gaps, pooled over its
+    # windows, recover its own shape; the two differ in CV (2.0 vs 2.24), so a mix-up would show.
+    from scipy import stats
+
+    from burstgpt.workload.processes import get_process
+
+    kinds = np.array(["gamma", "weibull"] * 6)
+    shape = np.full(12, 0.5)
+    unit_mean = np.where(kinds == "gamma", 0.5, get_process("weibull").unit_mean(shape))
+    schedule = ParamSchedule(np.arange(12) * 600.0, shape, 1.0 / (unit_mean * 5.0), "seconds", 7200.0,
+                             step_process=kinds)
+    arrivals = scheduled_arrivals(schedule, np.random.default_rng(8), duration_s=7200.0)
+    window = (arrivals // 600).astype(int)
+    inside = window[1:] == window[:-1]
+    gaps, gap_window = np.diff(arrivals)[inside], window[1:][inside]
+    gamma_gaps, weibull_gaps = gaps[gap_window % 2 == 0], gaps[gap_window % 2 == 1]
+    assert fit_gamma(gamma_gaps[gamma_gaps > 0]).alpha == pytest.approx(0.5, rel=0.05)
+    assert stats.weibull_min.fit(weibull_gaps[weibull_gaps > 0], floc=0)[0] == pytest.approx(0.5, rel=0.05)
+    np.testing.assert_allclose(np.bincount(window, minlength=12), 3000, rtol=0.12)
+    frame = schedule.to_frame()
+    assert frame["process"].to_list() == kinds.tolist()
+    np.testing.assert_allclose(frame["mean_rate_rps"].to_numpy(), 5.0)
+
+
+def test_a_stationary_start_begins_mid_gap():
+    # In equilibrium the first arrival comes after the forward-recurrence time, mean E[G^2] / (2 E[G]) =
+    # mean gap x (1 + CV^2) / 2: 1.5 s for Gamma(0.5) gaps of mean 1 s (CV^2 = 2), not at 0.
+    schedule = ParamSchedule.regular(np.array([0.5]), np.array([2.0]), 1000.0, "seconds")
+    first = np.array([scheduled_arrivals(schedule, np.random.default_rng(seed), num_requests=1,
+                                         stationary_start=True)[0] for seed in range(3000)])
+    assert np.all(first > 0)
+    assert first.mean() == pytest.approx(1.5, rel=0.08)
+    assert scheduled_arrivals(schedule, np.random.default_rng(0), num_requests=1)[0] == 0.0
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.floats(min_value=0.02, max_value=500.0))
+def test_weibull_shape_for_cv_inverts_its_cv(shape):
+    from burstgpt.workload.processes import get_process
+
+    weibull = get_process("weibull")
+    cv = weibull.cv(np.array([shape]))
+    assert weibull.shape_for_cv(cv)[0] == pytest.approx(shape, rel=1e-8)
+    gamma = get_process("gamma")
+    assert gamma.cv(gamma.shape_for_cv(cv))[0] == pytest.approx(cv[0], rel=1e-12)
+
+
+def test_weibull_cv_formula_by_hand():
+    from math import gamma as gamma_function
+
+    from burstgpt.workload.processes import get_process
+
+    weibull = get_process("weibull")
+    for k in (0.375, 1.0, 2.0):
+        by_hand = np.sqrt(gamma_function(1 + 2 / k) / gamma_function(1 + 1 / k) ** 2 - 1)
+        assert weibull.cv(np.array([k]))[0] == pytest.approx(by_hand, rel=1e-12)
+    assert weibull.shape_for_cv(np.array([1.0]))[0] == pytest.approx(1.0, rel=1e-10)  # exponential
+
+
+def test_mirrored_windows_drawn_from_another_family_keep_rate_and_cv():
+    fits = pl.DataFrame({"window_start_s": [0.0, 600.0, 1200.0], "window_end_s": [600.0, 1200.0, 1800.0],
+                         "n_arrivals": [600, 0, 1800], "alpha": [0.25, None, 4.0]})
+    gamma = mirror_schedule(fits, 2.0)
+    weibull = mirror_schedule(fits, 2.0, process="weibull")
+    from burstgpt.workload.processes import get_process
+
+    assert weibull.process == "weibull"
+    np.testing.assert_allclose(get_process("weibull").cv(weibull.alpha), 1 / np.sqrt(gamma.alpha), rtol=1e-10)
+    np.testing.assert_allclose(weibull.mean_gap_s(), gamma.mean_gap_s(), rtol=1e-12)
+    arrivals = scheduled_arrivals(weibull, np.random.default_rng(1), duration_s=1800.0)
+    np.testing.assert_allclose(np.bincount((arrivals // 600).astype(int), minlength=3), [900, 0, 2700], rtol=0.25)

@@ -19,12 +19,14 @@ from burstgpt.workload import (
     RequestLengths,
     Responses,
     ScheduledArrivals,
+    ServeGenClients,
     WorkloadSpec,
     build_workload,
     read_workload,
     validate_workload,
 )
 from burstgpt.workload.processes import ARRIVAL_PROCESSES, get_process
+from burstgpt.workload.servegen import ClientFilters
 from burstgpt.workload.responses import RESPONSE_MODES, ResponseSpec
 
 
@@ -46,7 +48,11 @@ def test_spec_round_trips_through_json():
         WorkloadSpec(ScheduledArrivals(process="weibull", alpha=(0.5, 2.0), rate_rps=3.0, schedule="linear",
                                        change_every=30.0, change_unit="seconds"), duration_s=120.0, seed=3),
         WorkloadSpec(MirroredArrivals(params="p.json", target_rate_rps=2.0, time_scale=10.0,
-                                      services=("conversation",)), num_requests=10),
+                                      services=("conversation",), process="weibull"), num_requests=10),
+        WorkloadSpec(ServeGenClients("pool", clients=("language/m-small/*", "reason/x"), start_s=600.0,
+                                     rate_fn="rate.csv", filters=ClientFilters(min_rate_rps=0.1, max_cv=5.0,
+                                                                               max_input_tokens=900.0)),
+                     duration_s=3600.0, seed=2),
         WorkloadSpec(ReplayedTrace("t.csv", scale=100.0, models=("ChatGPT",), skip_quiet_start=True),
                      prompts=Prompts("synthetic", tokenizer="builtin")),
     ]
@@ -54,6 +60,32 @@ def test_spec_round_trips_through_json():
         assert WorkloadSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(BurstGPTError, match="not a workload spec"):
         WorkloadSpec.from_dict({"arrivals": {"kind": "scheduled", "alhpa": 1.0}})
+
+
+def test_weibull_renewal_with_known_shape_is_recovered_through_the_cli(tmp_path):
+    # `--arrival weibull` with --alpha (the shape) and --rate builds the same workload as the spec.
+    out = tmp_path / "w.parquet"
+    assert main(["workload", "generate", "--arrival", "weibull", "--alpha", "0.6", "--rate", "4",
+                 "--num-requests", "500", "--seed", "11", "-o", str(out)]) == 0
+    spec = WorkloadSpec(ScheduledArrivals(process="weibull", alpha=0.6, rate_rps=4.0), num_requests=500, seed=11)
+    assert read_workload(out).equals(build_workload(spec))
+
+
+def test_weibull_renewal_with_known_shape_is_recovered_through_servegen(tmp_path):
+    # A ServeGen client recorded as Weibull windows at 4 req/s with the CV of shape 0.6: the generated gaps are
+    # Weibull with that shape (the CV -> shape solve and the per-window walk), and the rate is kept.
+    shape, rate = 0.6, 4.0
+    cv = float(get_process("weibull").cv(np.array([shape]))[0])
+    (tmp_path / "c-trace.csv").write_text("".join(f"{600 * i},{rate!r},{cv!r},Weibull,0,0\n" for i in range(12)))
+    (tmp_path / "c-dataset.json").write_text(json.dumps({"0": {"input_tokens": "{100: 1.0}",
+                                                               "output_tokens": "{20: 1.0}"}}))
+    frame = build_workload(WorkloadSpec(ServeGenClients(str(tmp_path)), seed=5))
+    gaps = np.diff(frame["arrival_s"].to_numpy())
+    fitted_shape, _, _ = stats.weibull_min.fit(gaps[gaps > 0], floc=0)
+    assert fitted_shape == pytest.approx(shape, rel=0.05)
+    assert frame.height / 7200.0 == pytest.approx(rate, rel=0.05)
+    assert set(frame["client_id"]) == {"c"} and set(frame["input_tokens"]) == {100}
+    assert set(frame["output_tokens"]) == {20}
 
 
 def test_weibull_renewal_with_known_shape_is_recovered():

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from burstgpt import __version__
-from burstgpt.analysis import lengths, sessions, temporal, throughput
+from burstgpt.analysis import lengths, prefix_reuse, sessions, temporal, throughput
 from burstgpt.analysis.fits import time_resolution
 from burstgpt.analysis.lengths import LengthStatistics
 from burstgpt.analysis.temporal import GROUP
@@ -75,6 +75,13 @@ class Characterisation(LengthStatistics):
     turns_histogram: pl.DataFrame = field(default_factory=pl.DataFrame)
     elapsed_vs_response: pl.DataFrame = field(default_factory=pl.DataFrame)
     elapsed_fit: pl.DataFrame = field(default_factory=pl.DataFrame)
+    #: Prefix reuse (`prefix_reuse.PrefixReuse`; empty frames and None when no request has prefix block ids):
+    #: tokens per block id, per scope summary, per window, hit rate by cache size, and summary.json's section.
+    prefix_block_size: int | None = None
+    prefix_reuse_summary: pl.DataFrame = field(default_factory=pl.DataFrame)
+    prefix_reuse_windows: pl.DataFrame = field(default_factory=pl.DataFrame)
+    prefix_hit_rate_curve: pl.DataFrame = field(default_factory=pl.DataFrame)
+    prefix_reuse: dict | None = None
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """Every non-empty table by name (the CSV file stem)."""
@@ -109,6 +116,7 @@ class Characterisation(LengthStatistics):
             "totals": self.totals,
             "timestamps": self.timestamps,
             "groups": list(groups.values()),
+            "prefix_reuse": self.prefix_reuse,
         }
 
 
@@ -194,6 +202,13 @@ def characterise(
         result.turns_histogram = sessions.turns_histogram(frame)
         result.elapsed_vs_response = sessions.elapsed_vs_response(frame)
         result.elapsed_fit = sessions.elapsed_fit(frame)
+    if prefix_reuse.has_prefix_ids(frame):
+        step("prefix reuse")
+        reuse = prefix_reuse.prefix_reuse_statistics(frame, selected.prefix_block_size, window_s=window_s,
+                                                     origin=origin)
+        result.prefix_block_size = selected.prefix_block_size
+        result.prefix_reuse_summary, result.prefix_reuse_windows = reuse.summary, reuse.windows
+        result.prefix_hit_rate_curve, result.prefix_reuse = reuse.curve, reuse.to_dict()
     # An undefined statistic (a correlation of one pair, an autocorrelation of a short series) is null, never
     # NaN: tables then show it empty and summary.json null, the same as every other undefined value.
     for item in fields(result):

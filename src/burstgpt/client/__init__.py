@@ -6,7 +6,8 @@
 
 Modules: `runner` (LoadGenerator, RunOptions, BenchResult), `openai` (EndpointOptions, request bodies, one
 request's lifecycle and its failure class), `sse` (the SSE parser), `scrape` (Prometheus /metrics scraping),
-`prompts` (synthesised prompts of exact builtin-token length), `progress` (the live line).
+`prompts` (synthesised prompts of exact token length, starting with the shared
+text of their prefix block ids), `progress` (the live line).
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ class RequestSender:
                     state["usage"] = event.usage
                 if event.done:
                     return True
-                if event.has_text:
+                if event.has_token:
                     state["chunks"] += 1
                     if record.first_token_s is None:
                         first(now)

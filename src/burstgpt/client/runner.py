@@ -5,13 +5,23 @@ accumulated sleeps, so lateness does not build up); the dispatcher sleeps until 
 every request already due, whatever the ones in flight are doing. `max_concurrency` turns this into a
 closed loop: a request then also waits for a free slot, and the wait shows as dispatch lag.
 
+Sessions (multi-turn): a row with a `session_id` and a `turn` after an earlier row of the same session is not
+sent on its own schedule: it is sent when its predecessor (the previous turn present in the workload) has
+ended, plus its `think_time_s` (when null: at max(predecessor's end, its arrival_s)), whatever that
+predecessor's outcome. Its record's `scheduled_s` is that due time. First turns keep the open-loop schedule,
+so the timeline of sessions stays open-loop; only turns within a session wait for each other.
+
+Prompts: a row without prompt text gets a synthetic one of exactly input_tokens tokens under
+`RunOptions.tokenizer`, starting with the shared texts of its `prefix_block_ids` (`burstgpt.client.prompts`).
+
 Start: the workload is checked (`validate_workload`: finite, sorted arrivals) and the server probed at
 `/v1/models` (which also names the model when none is given); nothing listening there is a `BurstGPTError`,
 before any request is scheduled.
 
-Stopping (Ctrl-C / SIGTERM, or the `stop` event): no new request is sent; in-flight ones get `grace_s`
-seconds to finish (a second signal ends the grace at once); the rest are `cancelled`. Requests never sent are
-recorded as `not_sent` with a null `sent_s`. Every workload row yields exactly one record.
+Stopping (Ctrl-C / SIGTERM, or the `stop` event): no new request is sent (later turns waiting for their
+think time included); in-flight ones get `grace_s` seconds to finish (a second signal ends the grace at
+once); the rest are `cancelled`. Requests never sent are recorded as `not_sent` with a null `sent_s`. Every
+workload row yields exactly one record.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import polars as pl
 
 from burstgpt.client.openai import EndpointOptions, RequestSender, request_body
@@ -46,6 +57,7 @@ from burstgpt.records import (
     read_records_jsonl,
 )
 from burstgpt.workload.schema import conform_workload, validate_workload
+from burstgpt.workload.tokenizer import load_tokenizer
 
 _START_LEAD_S = 0.05  # schedule time 0 is this long after the run's set-up starts
 _PROBE_TIMEOUT_S = 10.0  # how long the start-up probe of /v1/models may take
@@ -62,6 +74,7 @@ class RunOptions:
     max_concurrency: int | None = None  # None: open loop
     grace_s: float = 5.0  # after a stop, how long in-flight requests may still finish
     prompt_seed: int = 0  # seed of the synthetic prompts
+    tokenizer: str = "builtin"  # synthetic prompts' exact length: builtin, a tokenizer.json, a cached name
     metrics_url: str | None = None  # Prometheus endpoint; None: no scraping
     scrape_interval_s: float = 1.0
     progress: bool = True  # live progress on stderr (only when it is a terminal)
@@ -126,6 +139,7 @@ class LoadGenerator:
         self.workload = validate_workload(conform_workload(workload), workload_source)
         self.endpoint = endpoint
         self.options = options or RunOptions()
+        self.tokenizer = load_tokenizer(self.options.tokenizer)  # a bad spec fails here, before any request
         self.headers = dict(headers or {})
         self._temporary_records = records_path is None
         if records_path is None:
@@ -243,7 +257,7 @@ class LoadGenerator:
         """Send the schedule, then wait for the requests in flight (after a stop: for the grace period)."""
         loop = asyncio.get_running_loop()
         sender = RequestSender(session, self.endpoint, self.headers, t0)
-        synth = PromptSynthesizer(self.options.prompt_seed)
+        synth = PromptSynthesizer(self.options.prompt_seed, tokenizer=self.tokenizer)
         wl = self.workload
         arrivals = wl["arrival_s"].to_numpy()
         ids = wl["request_id"].to_list()
@@ -253,21 +267,33 @@ class LoadGenerator:
         prompts = wl["prompt"].to_list()
         models = wl["model"].to_list()
         services = wl["service"].to_list()
+        sessions = wl["session_id"].to_list()
+        turns = wl["turn"].to_list()
+        block_ids = wl["prefix_block_ids"].to_list()
+        block_sizes = wl["prefix_block_size"].to_list()
+        think_s = wl["think_time_s"].fill_null(float("nan")).to_numpy()
+        next_turn, follows = session_successors(wl)
         slots = asyncio.Semaphore(self.options.max_concurrency) if self.options.max_concurrency else None
         tasks: set[asyncio.Task] = set()
         idle = asyncio.Event()
         counters = self.counters
 
-        async def one(i: int) -> None:
+        async def one(i: int, due_s: float) -> None:
+            nonlocal pending_turns
             record = RequestRecord(
                 request_id=ids[i],
                 model=models[i] or model,
                 service=services[i],
-                scheduled_s=float(arrivals[i]),
+                scheduled_s=due_s,
                 input_tokens=input_tokens[i],
+                session_id=sessions[i],
+                turn=turns[i],
             )
             try:
-                prompt = prompts[i] if prompts[i] is not None else synth.prompt(input_tokens[i], ids[i])
+                prompt = prompts[i]
+                if prompt is None:
+                    prompt = synth.prompt(input_tokens[i], ids[i], prefix_block_ids=block_ids[i],
+                                          prefix_block_size=block_sizes[i])
                 body = request_body(
                     self.endpoint,
                     model=record.model,
@@ -289,13 +315,46 @@ class LoadGenerator:
                     counters.cancelled += 1
                 if slots is not None:
                     slots.release()
-                if dispatch_done and counters.in_flight == 0:
+                j = next_turn[i]
+                if j >= 0 and record.sent_s is not None and not self.stop.is_set():
+                    # The session's next turn: due at this end plus its think time (counted as pending
+                    # before this request stops counting as in flight, so the run never looks idle between).
+                    pending_turns += 1
+                    task = asyncio.create_task(next_one(j, record.end_s))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if dispatch_done and counters.in_flight == 0 and pending_turns == 0:
                     idle.set()
 
+        async def next_one(j: int, previous_end_s: float) -> None:
+            """A later turn: wait for its due time (stop-aware), then send it like any other request."""
+            nonlocal pending_turns
+            think = think_s[j]  # NaN: no think time recorded; then never before the row's own arrival_s
+            due = max(previous_end_s, float(arrivals[j])) if np.isnan(think) else previous_end_s + float(think)
+            try:
+                while not self.stop.is_set():
+                    delay = t0 + due - loop.time()
+                    if delay <= 0:
+                        break
+                    await asyncio.sleep(min(delay, 0.25))
+                if self.stop.is_set() or (slots is not None and not await self._acquire(slots)):
+                    return  # never sent: recorded as not_sent after the run
+                counters.sent += 1
+                counters.recent_sends.append(loop.time())
+            finally:
+                pending_turns -= 1
+                if dispatch_done and counters.in_flight == 0 and pending_turns == 0:
+                    idle.set()
+            await one(j, due)
+
         dispatch_done = False
+        pending_turns = 0  # later turns waiting for their predecessor's end or think time
         i = 0
         n = len(ids)
         while i < n and not self.stop.is_set():
+            if follows[i]:  # a later turn: sent by its predecessor's completion, not on the schedule
+                i += 1
+                continue
             delay = t0 + arrivals[i] - loop.time()
             if delay > 0:
                 # Short sleeps so a stop is noticed within 0.25 s even in a long quiet gap.
@@ -305,12 +364,12 @@ class LoadGenerator:
                 break
             counters.sent += 1
             counters.recent_sends.append(loop.time())
-            task = asyncio.create_task(one(i))
+            task = asyncio.create_task(one(i, float(arrivals[i])))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             i += 1
         dispatch_done = True
-        if counters.in_flight == 0:
+        if counters.in_flight == 0 and pending_turns == 0:
             idle.set()
         stop_wait = asyncio.create_task(self.stop.wait())
         idle_wait = asyncio.create_task(idle.wait())
@@ -355,10 +414,34 @@ class LoadGenerator:
             pl.col("service"),
             pl.col("arrival_s").alias("scheduled_s"),
             pl.col("input_tokens"),
+            pl.col("session_id"),
+            pl.col("turn"),
             pl.lit(STATUS_NOT_SENT).alias("status"),
             pl.lit(NOT_SENT_MESSAGE).alias("error_message"),
             pl.lit(0, dtype=pl.Int64).alias("bytes_received"),
         )
+
+
+def session_successors(workload: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of a workload: the row index of the next turn of its session (-1 for none), and whether
+    the row follows an earlier turn present in the workload (then it is sent by that turn's completion).
+    Rows without session_id or turn are independent requests. Both arrays have shape (rows,)."""
+    n = workload.height
+    next_turn = np.full(n, -1, dtype=np.int64)
+    follows = np.zeros(n, dtype=bool)
+    if n == 0 or workload["turn"].null_count() == n:
+        return next_turn, follows
+    chained = (
+        workload.with_row_index("row")
+        .filter(pl.col("session_id").is_not_null() & pl.col("turn").is_not_null())
+        .sort("session_id", "turn", "row")
+        .select("row", pl.col("row").shift(-1).over("session_id").alias("next_row"))
+        .drop_nulls("next_row")
+    )
+    rows, successors = chained["row"].to_numpy(), chained["next_row"].to_numpy()
+    next_turn[rows] = successors
+    follows[successors] = True
+    return next_turn, follows
 
 
 def _raise_open_files_limit() -> None:

@@ -8,6 +8,12 @@ in huggingface/text-generation-inference `router/src/infer/v3/queue.rs` (tgi_que
 `router/src/infer/v3/scheduler.rs` (tgi_batch_current_size) and the router's `tgi_request_input_length` /
 `tgi_request_generated_tokens` histograms (their `_sum` is the cumulative token count). TGI exposes no KV-cache
 usage gauge. SGLang's "retracted" requests are its preemptions.
+
+vLLM's step-level metrics (vllm/v1/metrics/loggers.py) are kept too, as extra columns after the standard ones
+(`STEP_METRIC_SOURCES`; dropped when the server has none): the sum and count of the tokens-per-step histogram
+(its count is the number of engine steps) and of the per-request queue, prefill and decode time histograms, and
+the engine settings from `vllm:cache_config_info` (`parse_engine_settings` reads all of that gauge's labels).
+`burstgpt calibrate` fits the simulator's step times from them and the chunk times.
 """
 
 from __future__ import annotations
@@ -39,7 +45,54 @@ SERVER_METRIC_SOURCES: dict[str, tuple[tuple[str, ...], str]] = {
         "sum",
     ),
 }
-_WANTED = tuple(sorted({name for names, _ in SERVER_METRIC_SOURCES.values() for name in names}))
+#: Extra column -> Prometheus sample name (vLLM's step-level histograms; label sets summed).
+STEP_METRIC_SOURCES: dict[str, str] = {
+    "iteration_tokens_sum": "vllm:iteration_tokens_total_sum",
+    "iteration_tokens_count": "vllm:iteration_tokens_total_count",
+    "request_queue_time_sum": "vllm:request_queue_time_seconds_sum",
+    "request_queue_time_count": "vllm:request_queue_time_seconds_count",
+    "request_prefill_time_sum": "vllm:request_prefill_time_seconds_sum",
+    "request_prefill_time_count": "vllm:request_prefill_time_seconds_count",
+    "request_decode_time_sum": "vllm:request_decode_time_seconds_sum",
+    "request_decode_time_count": "vllm:request_decode_time_seconds_count",
+    # Prefix caching (counters, tokens): prompt tokens looked up in and found in the prefix cache.
+    "prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
+    "prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
+}
+CACHE_CONFIG_INFO = "vllm:cache_config_info"
+#: Extra columns taken from `vllm:cache_config_info`'s labels (vLLM has the first two; `serve-sim` all).
+CACHE_CONFIG_COLUMNS = ("num_gpu_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len")
+#: The scraper's frame: the standard server-metrics layout, then the step-level columns.
+SCRAPED_SCHEMA: dict[str, pl.DataType] = {
+    **SERVER_METRICS_SCHEMA, **{name: pl.Float64() for name in (*STEP_METRIC_SOURCES, *CACHE_CONFIG_COLUMNS)},
+}
+_WANTED = tuple(sorted({name for names, _ in SERVER_METRIC_SOURCES.values() for name in names}
+                       | set(STEP_METRIC_SOURCES.values()) | {CACHE_CONFIG_INFO}))
+
+
+def _setting_value(text: str):
+    """A `cache_config_info` label value as int, float, bool or None where it reads as one, else the text."""
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_engine_settings(text: str) -> dict:
+    """The engine settings a Prometheus exposition carries as `vllm:cache_config_info` labels (num_gpu_blocks,
+    block_size, gpu_memory_utilization, enable_prefix_caching, ...; `engine` left out), values typed; {} when
+    it has none."""
+    lines = [line for line in text.splitlines() if line.startswith(CACHE_CONFIG_INFO)]
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
+        for sample in family.samples:
+            return {name: _setting_value(value) for name, value in sorted(sample.labels.items()) if name != "engine"}
+    return {}
 
 
 def parse_server_metrics(text: str) -> dict[str, float | None]:
@@ -48,10 +101,14 @@ def parse_server_metrics(text: str) -> dict[str, float | None]:
     Only the lines of wanted metrics are handed to prometheus_client's parser: a vLLM exposition is mostly
     histogram buckets, and parsing all of it every second would steal the event loop from the dispatcher.
     """
-    lines = [line for line in text.splitlines() if line.startswith(_WANTED)]
+    lines = [line for line in text.splitlines() if line.startswith(_WANTED) and "_bucket{" not in line]
     values: dict[str, list[float]] = {}
+    settings: dict = {}
     for family in text_string_to_metric_families("\n".join(lines) + "\n"):
         for sample in family.samples:
+            if sample.name == CACHE_CONFIG_INFO:
+                settings = {name: _setting_value(value) for name, value in sample.labels.items()}
+                continue
             values.setdefault(sample.name, []).append(float(sample.value))
     row: dict[str, float | None] = {}
     for column, (names, how) in SERVER_METRIC_SOURCES.items():
@@ -61,6 +118,11 @@ def parse_server_metrics(text: str) -> dict[str, float | None]:
                 found = values[name]
                 row[column] = sum(found) / len(found) if how == "mean" else sum(found)
                 break
+    for column, name in STEP_METRIC_SOURCES.items():
+        row[column] = sum(values[name]) if name in values else None
+    for column in CACHE_CONFIG_COLUMNS:
+        value = settings.get(column)
+        row[column] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     return row
 
 
@@ -122,5 +184,9 @@ class ServerMetricsScraper:
         self.rows.append(row)
 
     def frame(self) -> pl.DataFrame:
-        """The scraped rows in the `burstgpt.records` server-metrics layout (zero rows when nothing was scraped)."""
-        return pl.DataFrame(self.rows, schema=SERVER_METRICS_SCHEMA)
+        """The scraped rows in the `burstgpt.records` server-metrics layout (zero rows when nothing was scraped),
+        followed by the step-level columns the server exposes (`STEP_METRIC_SOURCES`, `CACHE_CONFIG_COLUMNS`)."""
+        frame = pl.DataFrame(self.rows, schema=SCRAPED_SCHEMA)
+        extra = [name for name in SCRAPED_SCHEMA if name not in SERVER_METRICS_SCHEMA]
+        empty = [name for name in extra if frame.height == 0 or frame[name].null_count() == frame.height]
+        return frame.drop(empty)

@@ -35,7 +35,7 @@ class StreamEvent(NamedTuple):  # a tuple: cheap to make, one per streamed chunk
     """One `data:` line: the end marker, or a chunk (with output text or not, with the server's usage or not)."""
 
     done: bool = False
-    has_text: bool = False
+    has_token: bool = False  # the chunk carries an output token (see `has_token`)
     usage: object = None  # the chunk's `usage` member when present and non-empty (checked by the caller)
 
 
@@ -108,11 +108,13 @@ def parse_chunk(data: bytes, *, error_event: bool = False) -> StreamEvent:
         if usage is None:
             raise StreamFormatError("SSE chunk has neither choices nor usage")
         return StreamEvent(usage=usage)
-    return StreamEvent(has_text=has_text(choices), usage=usage)
+    return StreamEvent(has_token=has_token(choices), usage=usage)
 
 
-def has_text(choices: object) -> bool:
-    """Whether a `choices` list carries output text (completions `text`, chat `delta.content`, or reasoning)."""
+def has_token(choices: object) -> bool:
+    """Whether a `choices` list carries an output token: a completions choice with a `text` string, even empty
+    (a byte-level token that completes no character streams as "": it is still a token, one engine step), or
+    chat text (`delta.content` or reasoning; chat's empty role-only first delta is not a token)."""
     if not isinstance(choices, list):
         raise StreamFormatError("choices is not a JSON array")
     found = False
@@ -120,7 +122,8 @@ def has_text(choices: object) -> bool:
         if not isinstance(choice, dict):
             raise StreamFormatError("choice is not a JSON object")
         delta = choice.get("delta")
-        if choice.get("text") or (isinstance(delta, dict) and (delta.get("content") or delta.get("reasoning_content"))):
+        if isinstance(choice.get("text"), str) or (
+                isinstance(delta, dict) and (delta.get("content") or delta.get("reasoning_content"))):
             found = True
     return found
 

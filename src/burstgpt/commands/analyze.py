@@ -65,6 +65,8 @@ def _analyze(args: argparse.Namespace) -> int:
         )
         summary_path = write_analysis(result, Path(args.outdir), figures=not args.no_figures, progress=step)
     console.print(summary_table(result))
+    if result.prefix_reuse is not None:
+        console.print(prefix_reuse_table(result.prefix_reuse))
     console.print(timestamps_note(result.timestamps))
     console.print(f"wrote {summary_path.parent}/ (summary.json, {len(result.tables())} tables"
                   + ("" if args.no_figures else ", figures") + f") in {time.perf_counter() - started:.1f} s")
@@ -100,6 +102,43 @@ def summary_table(result: Characterisation) -> Table:
             _number(periodicity, "{:.2f}"), _number(bursts), _number(alpha, "{:.3f}"), _number(theta, "{:.3f}"),
         )
     return table
+
+
+def prefix_reuse_table(section: dict) -> Table:
+    """A short rich table of summary.json's `prefix_reuse` section: per group (and all requests together when
+    there are several) the block accesses, distinct blocks, share seen before and prefix-cache hit rates."""
+    sizes = section["overall"]["hit_rate_at"]
+    block_size = section["block_size_tokens"]
+    unit = "tokens" if block_size is not None else "blocks"
+    table = Table(title="Prefix reuse" + (f" ({block_size}-token blocks)" if block_size is not None else ""),
+                  caption="seen% = block accesses whose block occurred in an earlier request; hit@N = hit rate "
+                          f"of an LRU prefix cache of N {unit} (share of block accesses; a request hits only on "
+                          "its leading cached blocks)",
+                  box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold underline")
+    table.add_column("group", no_wrap=True, min_width=20)
+    for column in ("accesses", "distinct", "seen%", *[f"hit@{_short(s[f'cache_{unit}'])}" for s in sizes]):
+        table.add_column(column, justify="right", no_wrap=True, min_width=6)
+    rows = [(f"{g['model'] or 'unknown'} / {g['service'] or 'unknown'}", g) for g in section["groups"]]
+    if len(rows) > 1:
+        rows.append(("all requests", section["overall"]))
+    for label, record in rows:
+        table.add_row(label, f"{record['block_accesses']:,}", f"{record['distinct_blocks']:,}",
+                      _number(_percent(record["seen_before_fraction"])),
+                      *[_number(_percent(s["prefix_hit_rate"])) for s in record["hit_rate_at"]])
+    return table
+
+
+def _short(value: int) -> str:
+    """A size rounded to 2 significant digits with a k/M/G suffix: 99840 -> 100k, 9999872 -> 10M."""
+    rounded = float(f"{value:.2g}")
+    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rounded >= threshold:
+            return f"{rounded / threshold:g}{suffix}"
+    return f"{rounded:g}"
+
+
+def _percent(value):
+    return None if value is None else 100 * value
 
 
 def timestamps_note(timestamps: dict) -> str:

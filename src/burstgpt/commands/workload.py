@@ -20,9 +20,11 @@ from burstgpt.errors import BurstGPTError
 from burstgpt.workload.arrivals import SHAPES
 from burstgpt.workload.io import read_workload, write_workload
 from burstgpt.workload.params import fit_workload_params, write_params
+from burstgpt.workload.prefixes import DEFAULT_BLOCK_SIZE, PrefixSharing, Sessions, SystemPrompts
 from burstgpt.workload.processes import ARRIVAL_PROCESSES
 from burstgpt.workload.prompts import SOURCE_FORMATS
 from burstgpt.workload.responses import RESPONSE_MODES
+from burstgpt.workload.servegen import ClientFilters
 from burstgpt.workload.spec import (
     DEFAULT_CHANGE_EVERY,
     DEFAULT_MAX_INPUT,
@@ -34,6 +36,7 @@ from burstgpt.workload.spec import (
     RequestLengths,
     Responses,
     ScheduledArrivals,
+    ServeGenClients,
     WorkloadSpec,
     build_workload,
     filter_nonempty,
@@ -81,14 +84,19 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--params", metavar="FILE", help="mirror a params file from `workload fit`")
     g.add_argument("--mirror", metavar="TRACE", help="fit a trace and mirror its per-window alpha/beta")
     g.add_argument("--replay", metavar="TRACE", help="replay a trace's own timestamps (see --scale)")
+    g.add_argument("--servegen", metavar="DIR",
+                   help="compose ServeGen clients (every *-trace.csv + *-dataset.json pair under DIR)")
     g.add_argument("--target-rate", type=float, metavar="RPS",
-                   help="mean rate of a mirrored workload, requests/s (default: the trace's rate x --time-scale)")
+                   help="mean rate of a mirrored workload or of a ServeGen pool over its span, requests/s "
+                   "(default: the trace's rate x --time-scale; ServeGen: the recorded rates)")
     g.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="mirror: compress the trace's clock K times, so a window lasts window/K (default 1)")
     g.add_argument("--window-s", dest="fit_window_s", type=float, default=1200.0,
                    help="--mirror: fit window, seconds (default 1200, the paper's 20 minutes)")
     g.add_argument("--scale", type=float, default=1.0, help="replay: S times faster (default 1)")
-    g.add_argument("--start-s", type=float, help="replay: first trace second to use")
+    g.add_argument("--start-s", type=float,
+                   help="replay: first trace second to use; ServeGen: second of the records to start from "
+                   "(default 0; --duration sets the span)")
     g.add_argument("--end-s", type=float, help="replay: trace second to stop before")
     g.add_argument("--trace-model", action="append", help="replay/mirror: keep only this trace model (repeatable)")
     g.add_argument("--trace-service", action="append", choices=("conversation", "api"),
@@ -96,8 +104,20 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-quiet-start", action="store_true",
                    help="replay: skip the trace's long low-rate opening (the run of 20-minute windows from the "
                    "start most below the mean rate, when its rate is under half the mean)")
+    g.add_argument("--clients", metavar="NAMES",
+                   help="ServeGen: comma-separated client names or globs, e.g. 'language/m-small/*' (default all)")
+    g.add_argument("--rate-fn", metavar="FILE",
+                   help="ServeGen: CSV time_s,rate_rps giving the aggregate rate over time (instead of --target-rate)")
+    for bound, word in (("min", "at least"), ("max", "at most")):
+        g.add_argument(f"--client-{bound}-rate", type=float, metavar="RPS",
+                       help=f"ServeGen: keep clients whose mean rate over the span is {word} RPS")
+        g.add_argument(f"--client-{bound}-cv", type=float, metavar="CV",
+                       help=f"ServeGen: keep clients whose mean window CV (request-weighted) is {word} CV")
+        g.add_argument(f"--client-{bound}-input-tokens", type=float, metavar="TOKENS",
+                       help=f"ServeGen: keep clients whose mean request length is {word} TOKENS")
     g.add_argument("--arrival", choices=ARRIVAL_PROCESSES(), default="gamma",
-                   help="renewal arrival process without a trace (default gamma; alpha is its shape)")
+                   help="renewal arrival process without a trace (default gamma; alpha is its shape); with "
+                   "--params/--mirror, the family of each window's gaps (keeping its rate and CV)")
     g.add_argument("--alpha", metavar="A[:A2]", default=None,
                    help="Gamma shape, or a range for a schedule (default 1)")
     g.add_argument("--beta", metavar="B[:B2]", default=None, help="Gamma scale, seconds, or a range")
@@ -134,23 +154,71 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                    help="builtin (default), a tokenizer.json path, or a cached transformers name")
     g.add_argument("--prompt-buffer", type=int, default=10_000, help="prompt pool size (default 10000)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_prefix_arguments(parser)
+
+
+def add_prefix_arguments(parser: argparse.ArgumentParser) -> None:
+    """Generated prefix sharing flags (`burstgpt.workload.prefixes`); unset values are fitted from --prefix-fit
+    TRACE, else defaults."""
+    g = parser.add_argument_group("shared prefixes and sessions")
+    g.add_argument("--system-prompts", type=float, metavar="FRACTION",
+                   help="share of requests (sessions) that start with a shared system prompt (default 0.5 once "
+                   "any system-prompt flag is given)")
+    g.add_argument("--system-prompt-pool", type=int, metavar="N", help="distinct system prompts (default 16)")
+    g.add_argument("--system-prompt-tokens", type=int, metavar="N", help="system prompt length, tokens (default 512)")
+    g.add_argument("--system-prompt-popularity", type=float, metavar="S",
+                   help="Zipf exponent of system prompt popularity over the pool (default 1; 0 = uniform)")
+    g.add_argument("--sessions", type=float, metavar="MEAN_TURNS",
+                   help="group requests into multi-turn sessions with this mean number of turns (geometric)")
+    g.add_argument("--think-time", type=float, metavar="S",
+                   help="median think time between a turn's end and the next turn, seconds (default 10)")
+    g.add_argument("--think-time-sigma", type=float, metavar="SIGMA",
+                   help="log-normal sigma of think times (default 1; 0 = always the median)")
+    g.add_argument("--session-max-tokens", type=int, metavar="TOKENS",
+                   help="a turn whose prompt would exceed this starts a new session (e.g. the model's context)")
+    g.add_argument("--prefix-block-size", type=int, default=DEFAULT_BLOCK_SIZE, metavar="TOKENS",
+                   help=f"tokens per generated prefix block id (default {DEFAULT_BLOCK_SIZE}; smaller costs memory, "
+                   "the prompt text is the same)")
+    g.add_argument("--prefix-fit", metavar="TRACE",
+                   help="fit the unset values above from TRACE: system prompts from its prefix block ids "
+                   "(Mooncake), sessions from its session ids (BurstGPT 8-column)")
+
+
+def prefix_sharing_from_args(args: argparse.Namespace) -> PrefixSharing | None:
+    """The `PrefixSharing` the flags of `add_prefix_arguments` describe, or None when none is given."""
+    system_values = (args.system_prompts, args.system_prompt_pool, args.system_prompt_tokens,
+                     args.system_prompt_popularity)
+    session_values = (args.sessions, args.think_time, args.think_time_sigma, args.session_max_tokens)
+    system = SystemPrompts(*system_values) if any(v is not None for v in system_values) else None
+    sessions = Sessions(*session_values) if any(v is not None for v in session_values) else None
+    if system is None and sessions is None and args.prefix_fit is None:
+        return None
+    return PrefixSharing(system, sessions, block_size=args.prefix_block_size, trace=args.prefix_fit)
 
 
 def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
     """The `WorkloadSpec` the flags of `add_generation_arguments` describe (without --workload)."""
-    sources = [name for name in ("params", "mirror", "replay") if getattr(args, name)]
+    sources = [name for name in ("params", "mirror", "replay", "servegen") if getattr(args, name)]
     if len(sources) > 1:
-        raise BurstGPTError(f"choose one of --params, --mirror and --replay, not {' and '.join(sources)}")
+        raise BurstGPTError(f"choose one of --params, --mirror, --replay and --servegen, not {' and '.join(sources)}")
     models = tuple(args.trace_model) if args.trace_model else None
     services = tuple(args.trace_service) if args.trace_service else None
-    arrivals: ScheduledArrivals | MirroredArrivals | ReplayedTrace
-    if args.replay:
+    arrivals: ScheduledArrivals | MirroredArrivals | ReplayedTrace | ServeGenClients
+    if args.servegen:
+        clients = tuple(n.strip() for n in args.clients.split(",") if n.strip()) if args.clients else None
+        arrivals = ServeGenClients(
+            args.servegen, clients=clients, start_s=args.start_s or 0.0, target_rate_rps=args.target_rate,
+            rate_fn=args.rate_fn, filters=ClientFilters(
+                args.client_min_rate, args.client_max_rate, args.client_min_cv, args.client_max_cv,
+                args.client_min_input_tokens, args.client_max_input_tokens),
+        )
+    elif args.replay:
         arrivals = ReplayedTrace(args.replay, scale=args.scale, start_s=args.start_s, end_s=args.end_s,
                                  models=models, services=services, skip_quiet_start=args.skip_quiet_start)
     elif args.params or args.mirror:
         arrivals = MirroredArrivals(params=args.params, trace=args.mirror, target_rate_rps=args.target_rate,
                                     time_scale=args.time_scale, fit_window_s=args.fit_window_s,
-                                    models=models, services=services)
+                                    models=models, services=services, process=args.arrival)
     else:
         step, unit = _parse_change_every(args.change_every)
         table = args.schedule if _is_table(args.schedule) else None
@@ -176,6 +244,7 @@ def spec_from_args(args: argparse.Namespace) -> WorkloadSpec:
         lengths=RequestLengths(args.zipf_theta, args.min_input_tokens, args.max_input_tokens),
         responses=Responses(args.response, args.output_tokens, args.max_output_tokens or None),
         prompts=prompts,
+        prefixes=prefix_sharing_from_args(args),
         seed=args.seed,
     )
 
@@ -273,8 +342,29 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _print_client_mix(mix: pl.DataFrame) -> None:
+    """The per-client table of `workload inspect` (nothing for a workload without clients)."""
+    if mix.height == 0:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="clients", title_justify="left")
+    for name in ("client", "requests", "share", "req/s", "gap CV", "mean input", "mean output"):
+        table.add_column(name, justify="left" if name == "client" else "right")
+
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    for row in mix.iter_rows(named=True):
+        table.add_row(row["client_id"], str(row["requests"]), f"{row['share']:.1%}", number(row["rate_rps"], ".4g"),
+                      number(row["gap_cv"], ".3g"), number(row["mean_input_tokens"], ".1f"),
+                      number(row["mean_output_tokens"], ".1f"))
+    Console(width=120).print(table)
+
+
 def _cmd_inspect(args) -> int:
-    from burstgpt.workload.inspect import plot_workload, workload_stats
+    from burstgpt.workload.inspect import client_mix, plot_workload, workload_stats
 
     frame = read_workload(args.workload_file)
     stats = workload_stats(frame)
@@ -282,6 +372,7 @@ def _cmd_inspect(args) -> int:
     for key, value in stats.items():
         shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
+    _print_client_mix(client_mix(frame))
     if not args.no_plots and frame.height:
         out = Path(args.plots) if args.plots else Path(args.workload_file).with_name(
             Path(args.workload_file).stem + "-plots")

@@ -246,3 +246,29 @@ def average_metrics(records: pl.DataFrame, slo: dict[str, float] | None = None) 
     if slo:
         summary["goodput"] = goodput(records, slo)
     return summary
+
+
+def metrics_by_turn(records: pl.DataFrame) -> pl.DataFrame:
+    """Metrics cut by turn index (multi-turn runs: records with a `turn`; rows without one are left out).
+
+    One row per turn, ascending: `turn`, `requests`, `succeeded`, `failure_rate` (failed / (succeeded +
+    failed), null when none finished), `input_tokens_mean` (later turns carry the conversation so far), and
+    the mean and median of ttft_s, tpot_s and e2e_s over succeeded requests (seconds)."""
+    derived = derive_request_metrics(records).filter(pl.col("turn").is_not_null())
+    ok = pl.col("status") == STATUS_OK
+    failed = (pl.col("status") == STATUS_FAILED).sum()
+    finished = ok.sum() + failed
+    latency = [expr for column in ("ttft_s", "tpot_s", "e2e_s") for expr in (
+        pl.col(column).filter(ok).mean().alias(f"{column.removesuffix('_s')}_mean_s"),
+        pl.col(column).filter(ok).median().alias(f"{column.removesuffix('_s')}_median_s"))]
+    return (
+        derived.group_by("turn")
+        .agg(
+            pl.len().cast(pl.Int64).alias("requests"),
+            ok.sum().cast(pl.Int64).alias("succeeded"),
+            pl.when(finished > 0).then(failed / finished).alias("failure_rate"),
+            pl.col("input_tokens").mean().alias("input_tokens_mean"),
+            *latency,
+        )
+        .sort("turn")
+    )

@@ -8,7 +8,8 @@ All times are seconds since the run's start (the instant request schedule time 0
 | request_id          | Int64        | the workload's request_id                                                |
 | model               | Utf8         | model name sent / simulated                                              |
 | service             | Utf8         | `conversation` or `api` (from the workload), nullable                    |
-| scheduled_s         | Float64      | when the request was due to be sent (the workload's arrival_s)          |
+| scheduled_s         | Float64      | when the request was due to be sent (the workload's arrival_s; a later  |
+|                     |              | turn of a session: its predecessor's end_s plus its think time)         |
 | sent_s              | Float64      | when it was actually sent (simulator: arrival time); null if never sent |
 | first_scheduled_s   | Float64      | simulator only: first time the engine scheduled it; null for the client  |
 | first_token_s       | Float64      | when the first output token arrived; null if none did                    |
@@ -22,6 +23,11 @@ All times are seconds since the run's start (the instant request schedule time 0
 | bytes_received      | Int64        | response bytes received (0 for the simulator)                            |
 | preemptions         | Int64        | simulator only: times the request was preempted; null for the client     |
 | chunk_times_s       | List(Float64)| optional: arrival time of every streamed chunk; null when not recorded   |
+| session_id          | Utf8         | the workload's session_id, nullable                                      |
+| turn                | Int64        | 0-based turn within session_id (multi-turn replay), nullable             |
+| cached_prompt_tokens| Int64        | prompt tokens found in the prefix cache when first scheduled (vLLM's     |
+|                     |              | usage.prompt_tokens_details.cached_tokens); simulator: null if never     |
+|                     |              | scheduled; client: null unless the server reports it                     |
 
 `sent_s` is null exactly for `not_sent` records, so `sent = ok + failed + cancelled` and
 `total = sent + not_sent` hold for every complete record table.
@@ -104,6 +110,9 @@ class RequestRecord:
     bytes_received: int = _column(pl.Int64(), default=0)
     preemptions: int | None = _column(pl.Int64(), default=None)
     chunk_times_s: list[float] | None = _column(pl.List(pl.Float64()), default=None)
+    session_id: str | None = _column(pl.Utf8(), default=None)
+    turn: int | None = _column(pl.Int64(), default=None)
+    cached_prompt_tokens: int | None = _column(pl.Int64(), default=None)
 
     def fail(self, error_class: str, message: str) -> None:
         """Mark the request failed with one of ERROR_CLASSES and a short message."""

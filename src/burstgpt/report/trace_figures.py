@@ -5,8 +5,8 @@ directory (tables, figures, then summary.json).
 Figure files (conversation / api keep the paper's numbering; other services use the conversation number):
 fig01/02_daily_requests_<service>, fig03/04_hourly_requests_<service>, fig05_burstiness, fig06_gamma_arrivals,
 fig07_length_distributions, fig08_request_vs_response, fig09_request_response_counts,
-fig10/11_request_throughput_<service>, fig12/13_response_throughput_<service>, fig14_failure_rates, and
-sessions (traces with session ids).
+fig10/11_request_throughput_<service>, fig12/13_response_throughput_<service>, fig14_failure_rates,
+sessions (traces with session ids) and prefix_reuse (traces with prefix block ids).
 
 Degenerate groups never fail a figure: a panel whose statistic is undefined (one request, constant lengths)
 says so ("too few requests", "constant request length") instead of drawing it; a figure with nothing to draw is
@@ -81,6 +81,7 @@ def write_trace_figures(
         ("fig09_request_response_counts", _plot_request_response_counts),
         ("fig14_failure_rates", _plot_failure_rates),
         ("sessions", _plot_sessions),
+        ("prefix_reuse", _plot_prefix_reuse),
     )
     for name, plotter in plotters:
         step(f"figures: {name}")
@@ -597,4 +598,59 @@ def _plot_sessions(c: Characterisation) -> Figure | None:
     if ax_elapsed.has_data():
         ax_elapsed.legend(fontsize="small")
     figure.suptitle("Conversation sessions")
+    return figure
+
+
+# ------------------------------------------------------------------------------------------------ prefix reuse
+
+
+def _plot_prefix_reuse(c: Characterisation) -> Figure | None:
+    """LRU hit rate against cache size (log x) per group, and the share of blocks seen before per window."""
+    curve = c.prefix_hit_rate_curve
+    if curve.height == 0:
+        return None
+    summary = c.prefix_reuse_summary
+    groups = summary.filter(pl.col("scope") == "group").sort("block_accesses", descending=True)
+    scopes = groups.head(MAX_GROUP_PANELS).select("scope", "model", "service").rows()
+    if groups.height > 1:
+        scopes.append(("all", None, None))
+    figure = _new_figure(12, 4.4, left=0.07, bottom_in=0.75, wspace=0.2)
+    ax_curve, ax_windows = figure.subplots(1, 2)
+    tokens = c.prefix_block_size is not None
+    windows = c.prefix_reuse_windows
+    span_s = float(windows["window_end_s"].max() - windows["window_start_s"].min())
+    unit_s, unit = (60.0, "minutes") if span_s < 2 * 3600 else (3600.0, "hours")
+    prefix_differs = False
+    for index, (scope, model, service) in enumerate(scopes):
+        label = "all requests, one cache" if scope == "all" else _label(model, service)
+        part = _of(curve.filter(pl.col("scope") == scope), model, service)
+        x = part["cache_tokens" if tokens else "cache_blocks"].to_numpy()
+        per_block, prefix = part["hit_rate"].to_numpy(), part["prefix_hit_rate"].to_numpy()
+        ax_curve.plot(x, per_block, color=f"C{index}", label=label)
+        if not np.allclose(per_block, prefix, rtol=0, atol=1e-12):
+            prefix_differs = True
+            ax_curve.plot(x, prefix, "--", color=f"C{index}")
+        part = _of(windows.filter(pl.col("scope") == scope), model, service)
+        start = part["window_start_s"].to_numpy() / unit_s
+        seen, prefix_seen = part["seen_before_fraction"].to_numpy(), part["prefix_seen_before_fraction"].to_numpy()
+        ax_windows.plot(start, seen, marker="o", ms=3, color=f"C{index}", label=label)
+        if not np.allclose(seen, prefix_seen, rtol=0, atol=1e-12):
+            prefix_differs = True
+            ax_windows.plot(start, prefix_seen, "--", marker="o", ms=2, color=f"C{index}")
+    _log_axis(ax_curve, "x")
+    ax_curve.set_xlabel(f"LRU cache size ({c.prefix_block_size}-token blocks, in tokens)" if tokens
+                        else "LRU cache size (blocks)")
+    ax_curve.set_ylabel("hit rate (share of block accesses)")
+    ax_curve.set_ylim(0, 1)
+    ax_curve.set_title("Hit rate by cache size (whole trace)")
+    ax_curve.legend(fontsize="small", loc="upper left")
+    ax_windows.set_xlabel(f"window start ({unit} since trace clock 0; {c.window_s:g}-s windows)")
+    ax_windows.set_ylabel("blocks seen in an earlier request")
+    ax_windows.set_ylim(0, 1)
+    ax_windows.set_title("Blocks seen before, per window")
+    note = ("solid: per-block LRU; dashed: prefix semantics (a request hits only on its leading cached blocks)"
+            if prefix_differs else
+            "per-block LRU and prefix semantics (hits only on a request's leading cached blocks) coincide here")
+    figure.text(0.5, 0.015, note, ha="center", va="bottom", fontsize="small", color="0.3")
+    figure.suptitle("Prefix reuse of the prompt blocks")
     return figure

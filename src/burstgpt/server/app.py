@@ -72,10 +72,12 @@ class SimServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         setup = options.setup
-        # The queue limit is applied at the door (429), so the engine itself never rejects.
-        self.engine = ServingEngine(dataclasses.replace(setup.config, max_queue=None), setup.latency,
-                                    record_steps=False, track_events=True)
-        self.metrics = EngineMetrics(options.model_name, setup.config.num_gpu_blocks, options.time_scale)
+        # The queue limit is applied at the door (429), so the engine itself never rejects; there is no server
+        # deadline either (vLLM has none): a request is aborted when its client disconnects (`Handlers`).
+        self.metrics = EngineMetrics(options.model_name, setup.config.num_gpu_blocks, options.time_scale,
+                                     config=setup.config)
+        self.engine = ServingEngine(dataclasses.replace(setup.config, max_queue=None, timeout_s=None),
+                                    self.metrics.step_timer(setup.latency), record_steps=False, track_events=True)
         self.realtime = RealTimeEngine(self.engine, time_scale=options.time_scale, on_step=self.metrics.on_step)
         self.handlers = handlers = Handlers(options, self.realtime, self.metrics)
         self.app = web.Application(middlewares=[self._errors_middleware])

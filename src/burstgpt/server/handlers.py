@@ -2,7 +2,8 @@
 simulated step's end, or one JSON answer), `/v1/models`, `/health` and `/metrics`, with injected faults.
 
 Output length: `max_tokens` exactly when `ignore_eos` is true; otherwise a draw from the output-length model,
-capped by `max_tokens`.
+capped by `max_tokens`. A request whose client disconnects is aborted in the engine (its KV blocks freed) at the
+end of the current step, whether it is streamed, answered whole or still queued; there is no server timeout.
 """
 
 from __future__ import annotations
@@ -99,7 +100,12 @@ class Handlers:
         if max_queue is not None and engine.num_waiting + engine.num_submitted - engine.next_arrival >= max_queue:
             raise RequestError(429, f"The server's queue is full ({max_queue} waiting).", "rate_limit_error")
         output_tokens = self._output_length(parsed)
-        live = self.realtime.submit(parsed.prompt_tokens, output_tokens)
+
+        def disconnected() -> bool:
+            transport = request.transport
+            return transport is None or transport.is_closing()
+
+        live = self.realtime.submit(parsed.prompt_tokens, output_tokens, disconnected=disconnected)
         plan = FaultPlan(
             drop_after=int(draws[2] * output_tokens) if draws[1] < faults.drop_rate else None,
             stall_after=int(draws[4] * output_tokens) if draws[3] < faults.stall_rate else None,
@@ -130,8 +136,10 @@ class Handlers:
             delivered += 1
             yield delivered
 
-    def _timeout_error(self) -> RequestError:
-        return RequestError(504, f"The request timed out in the server after {self.config.timeout_s} s.", "timeout")
+    @staticmethod
+    def _aborted_error() -> RequestError:
+        """The request ended unfinished: its client went away (nobody reads this) or the server is stopping."""
+        return RequestError(503, "The request was aborted before it finished.", "server_error")
 
     async def _whole(self, request, parsed: CompletionRequest, live: LiveRequest, plan: FaultPlan, request_id: str):
         count = 0
@@ -140,7 +148,7 @@ class Handlers:
                 _drop(request)
                 return web.Response(status=500)
         if live.end_state != DONE:
-            raise self._timeout_error()
+            raise self._aborted_error()
         text = output_text(0, count)
         finish = "length" if count >= parsed.max_tokens else "stop"
         choice = (
@@ -180,7 +188,7 @@ class Handlers:
                 piece = {"delta": {"content": text}} if parsed.chat else {"text": text}
                 await response.write(chunk([{"index": 0, **piece, "logprobs": None, "finish_reason": None}]))
             if live.end_state != DONE:
-                error = self._timeout_error()
+                error = self._aborted_error()
                 body = error_body(error.status, error.message, error.error_type)
                 await response.write(b"data: " + json.dumps(body).encode() + b"\n\n")
                 return response

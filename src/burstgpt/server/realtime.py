@@ -4,7 +4,9 @@ queue at its step's end.
 
 Sim time 0 is the driver's start; wall = start + sim / time_scale. Requests arriving while a step runs join
 at the next step, exactly as in the offline engine (`burstgpt.sim.engine`). The HTTP layer refuses requests
-(prompt too long, queue full) before they reach the engine.
+(prompt too long, queue full) before they reach the engine. There is no server deadline (vLLM has none): after
+every step, requests whose client has disconnected are aborted (their KV blocks freed), as vLLM's API server
+aborts a request when its connection closes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 
-from burstgpt.sim.engine import DONE, TIMED_OUT, ServingEngine
+from collections.abc import Callable
+
+from burstgpt.sim.engine import CANCELLED, DONE, TIMED_OUT, ServingEngine
+
+
+_DISCONNECT_CHECK_S = 0.01  # wall seconds between looks for disconnected clients
 
 
 @dataclass
@@ -37,6 +44,7 @@ class LiveRequest:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     first_token_s: float = math.nan
     end_state: int = 0  # engine state once ended
+    disconnected: Callable[[], bool] | None = None  # True once the client has gone away
 
 
 class RealTimeEngine:
@@ -52,6 +60,7 @@ class RealTimeEngine:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._start = 0.0
+        self._next_disconnect_check = 0.0
 
     def sim_now(self) -> float:
         return (asyncio.get_running_loop().time() - self._start) * self.time_scale
@@ -69,14 +78,17 @@ class RealTimeEngine:
                 pass
             self._task = None
         for live in self.live.values():
-            live.events.put_nowait(TokenEvent("end", self.engine.now, TIMED_OUT))
+            live.events.put_nowait(TokenEvent("end", self.engine.now, CANCELLED))
 
-    def submit(self, prompt_tokens: int, output_tokens: int) -> LiveRequest:
-        """Enqueue a request arriving now."""
+    def submit(self, prompt_tokens: int, output_tokens: int, *,
+               disconnected: Callable[[], bool] | None = None) -> LiveRequest:
+        """Enqueue a request arriving now. `disconnected()` says whether its client has gone away (checked after
+        every step: the request is then aborted)."""
         engine = self.engine
         arrival = max(self.sim_now(), float(engine.arrival[engine.num_submitted - 1]) if engine.num_submitted else 0.0)
         engine_id = int(engine.submit(arrival, prompt_tokens, output_tokens)[0])
-        live = LiveRequest(engine_id, arrival, prompt_tokens, max(output_tokens, 1), float(engine.deadline[engine_id]))
+        live = LiveRequest(engine_id, arrival, prompt_tokens, max(output_tokens, 1), float(engine.deadline[engine_id]),
+                           disconnected=disconnected)
         self.live[engine_id] = live
         self._wakeup.set()
         return live
@@ -85,6 +97,18 @@ class RealTimeEngine:
         """The client went away: free the request's place in the engine."""
         if self.live.pop(live.engine_id, None) is not None:
             self.engine.cancel(live.engine_id, self.sim_now())
+
+    def _abort_disconnected(self) -> None:
+        """Abort the requests whose client has disconnected (their handler gets an `end` event); looked for at
+        most every `_DISCONNECT_CHECK_S` wall seconds."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_disconnect_check:
+            return
+        self._next_disconnect_check = now + _DISCONNECT_CHECK_S
+        for live in [live for live in self.live.values() if live.disconnected is not None and live.disconnected()]:
+            self.cancel(live)
+            live.end_state = CANCELLED
+            live.events.put_nowait(TokenEvent("end", self.engine.now, CANCELLED))
 
     async def _run(self) -> None:
         engine = self.engine
@@ -119,8 +143,9 @@ class RealTimeEngine:
                 state = int(engine.state[rid])
                 live.events.put_nowait(TokenEvent("end", float(engine.end[rid]), state))
                 ended.append((live, state))
+        self._abort_disconnected()
         if self.on_step is not None:
             self.on_step(engine, ended)
 
 
-__all__ = ["DONE", "TIMED_OUT", "RealTimeEngine", "LiveRequest", "TokenEvent"]
+__all__ = ["CANCELLED", "DONE", "TIMED_OUT", "RealTimeEngine", "LiveRequest", "TokenEvent"]

@@ -4,14 +4,16 @@ Every step, at time `t`:
 
 1. requests that arrived by `t` join the waiting queue (or are rejected: an empty prompt or one not shorter than
    the context -> `http_4xx`; queue already at `max_queue` -> `rejected`);
-2. requests whose deadline (arrival + timeout) is <= `t` are aborted (`timeout`), their KV blocks freed;
+2. clients whose deadline (arrival + timeout) is <= `t` give up (`timeout`); the engine aborts their requests,
+   freeing their KV blocks, then or `abort_delay_s` later;
 3. running requests, in admission order, get their next tokens within the token budget
    `max_num_batched_tokens`: one for a decoding request, the next chunk of an unfinished (or recomputed) prefill
-   otherwise; each holds ceil(computed tokens / block_size) KV blocks; when a block is needed and none is free,
-   the most recently admitted running request is preempted (blocks freed, back to the front of the queue, its
-   prompt and generated tokens recomputed later);
+   otherwise; each holds ceil(computed tokens / block_size) KV blocks (shared prefix blocks once); when a block
+   is needed and none is free, the most recently admitted running request is preempted (blocks freed into the
+   prefix cache, back to the front of the queue, what is no longer cached recomputed later);
 4. if nothing was preempted, waiting requests are admitted first-come-first-served while fewer than
-   `max_num_seqs` run, budget remains and their first chunk's blocks fit (head-of-line blocking);
+   `max_num_seqs` run, budget remains and blocks for their whole context, less their prefix-cache hit, are free
+   (head-of-line blocking); a hit's tokens are not computed again;
 5. the step lasts `latency.step_time(...)` of its work (`burstgpt.sim.latency.StepWork`); a request whose
    scheduled tokens complete its context emits one token at the step's end; a request with all its output
    tokens (or a context of max_model_len tokens) finishes then.
@@ -22,6 +24,10 @@ block use from a histogram of the requests' positions within their blocks, and t
 step times that are linear in the step index (`DecodeLines`). It makes the same decisions as stepping; times
 agree to float rounding (the sum is evaluated in closed form rather than added step by step). With
 `jump=False` the engine is bit-identical to the simple per-step reference (`burstgpt.sim.reference`).
+Prefix caching does not cut decode runs short: a decoder only fills blocks past its prompt, which nobody else
+can share (its own blocks get their keys lazily, if it is ever preempted), and the blocks a run takes evict
+cached free blocks in LRU order whether taken step by step or all at the run's end (no lookup happens within a
+run: it has no admission).
 
 Modules: `scheduler` (request table, queue, admission, preemption, timeouts), `kv_cache` (block accounting and
 its closed forms for decode runs), `step_log` (the step table, `STEP_COLUMNS`, logged per segment and expanded
@@ -75,8 +81,8 @@ class ServingEngine(Scheduler):
         if self.next_arrival < self.num_submitted and self.arrival[self.next_arrival] <= t:
             self._absorb_arrivals(t)
         oldest = self.oldest_live
-        if oldest < self.next_arrival and self.state[oldest] < DONE:  # `_next_deadline()`, its usual case inline
-            next_deadline = self.deadline[oldest]
+        if oldest < self.next_arrival and self.state[oldest] < DONE and not self.abort_delay:
+            next_deadline = self.deadline[oldest]  # `_next_deadline()`, its usual case inline
         else:
             next_deadline = self._next_deadline()
         if t >= next_deadline:
@@ -104,6 +110,8 @@ class ServingEngine(Scheduler):
                 self._decode_run(t, next_arrival_s, next_deadline)
                 return True
             kv_cache.free = free_blocks - crossing
+            if kv_cache.free < kv_cache.evictable:
+                self._evict_taken()
             scheduled_decoders = decoders
             self.starved = _NO_REQUESTS
         else:
@@ -111,12 +119,17 @@ class ServingEngine(Scheduler):
             for rid in prefilling:
                 prefill_need += prompt[rid] + generated[rid] - computed_col[rid]
             extra = crossing
-            if decoders + prefill_need <= budget:
+            # Requests with prefix ids cache their blocks as they are scheduled: the request-by-request loop.
+            fits = decoders + prefill_need <= budget and not (self.prefix and any(rid in self.prefix
+                                                                                  for rid in prefilling))
+            if fits:
                 for rid in prefilling:
                     computed = computed_col[rid]
                     extra += -(-(prompt[rid] + generated[rid]) // bs) - -(-computed // bs)
-            if decoders + prefill_need <= budget and extra <= free_blocks:
+            if fits and extra <= free_blocks:
                 kv_cache.free = free_blocks - extra
+                if kv_cache.free < kv_cache.evictable:
+                    self._evict_taken()
                 for rid in prefilling:
                     prefill_chunks[rid] = prompt[rid] + generated[rid] - computed_col[rid]
                 scheduled_decoders = decoders
@@ -127,6 +140,7 @@ class ServingEngine(Scheduler):
             budget -= scheduled_decoders + sum(prefill_chunks.values())
         else:
             budget -= scheduled_decoders
+        queries, hits = self.prefix_queries, self.prefix_hits
         admitted = self._admit(budget, t, prefill_chunks) if not preempted and budget > 0 and self.num_waiting else 0
         # Work of the step.
         decode_tokens = scheduled_decoders
@@ -165,6 +179,8 @@ class ServingEngine(Scheduler):
         prompt_done = 0
         finished = 0
         becoming_decoders = []
+        # (id, computed tokens) of the requests finishing, when their blocks matter to the prefix cache.
+        released = [] if self.caching and (self.kv.lru or self.prefix or self.total_preemptions) else None
         if prefill_chunks:
             first_token, last_token = self.first_token, self.last_token
             for rid, chunk in prefill_chunks.items():
@@ -185,6 +201,8 @@ class ServingEngine(Scheduler):
                 if generated[rid] >= output_len[rid]:
                     self.num_running -= 1
                     kv_cache.free += -(-computed_col[rid] // bs)
+                    if released is not None:
+                        released.append((rid, computed_col[rid]))
                     self._complete(rid, t_end)
                     ended.append(rid)
                     finished += 1
@@ -192,13 +210,16 @@ class ServingEngine(Scheduler):
                     self._add_decoder(rid, computed_col[rid])
         heap = self.finish_heap
         if heap and heap[0][0] <= clock:
-            finished += self._finish_decoders(t_end, ended)
+            finished += self._finish_decoders(t_end, ended, released)
+        if released:
+            self._release_finished(released)
         if track_events:
             self.last_emitted = emitted_ids + becoming_decoders
             self.last_first_tokens = first_tokens
         if self.record_steps:
             self.steps.add_step(t, duration, kv_used, self.num_running + finished, self.num_waiting, prefill_tokens,
-                                decode_tokens, preempted, emitted, prompt_done, finished)
+                                decode_tokens, preempted, emitted, prompt_done, finished, self.prefix_queries - queries,
+                                self.prefix_hits - hits)
         self.now = t_end
         return True
 
@@ -267,9 +288,17 @@ class ServingEngine(Scheduler):
             self.clock = clock
             residues_before = tuple(by_residue) if log is not None else None
             kv_cache.free = free_blocks - kv_cache.run_growth(k, first, n)
+            if kv_cache.free < kv_cache.evictable:  # the run's new blocks evicted cached free ones
+                self._evict_taken()
             self.starved = _NO_REQUESTS
             ended = self.last_ended
-            finished = self._finish_decoders(now, ended) if at <= clock else 0
+            if at <= clock:
+                released = [] if self.caching and (kv_cache.lru or self.prefix or self.total_preemptions) else None
+                finished = self._finish_decoders(now, ended, released)
+                if released:
+                    self._release_finished(released)
+            else:
+                finished = 0
             if log is not None:
                 log.add_run(t, k, lines, num_gpu_blocks - free_blocks, residues_before, first, n, self.num_waiting,
                             finished)

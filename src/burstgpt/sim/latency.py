@@ -24,19 +24,27 @@ same float operations as `step_time`. A model linear in the work (any number of 
   decode together: the weights are read once for the whole batch.
 - `linear`: base + per prefill token + per prefill attention pair + per decode sequence + per KV token read
   + per admitted request, seconds; a mixed prefill+decode step costs the sum of its parts' times.
+
+A latency model file (`--latency-model FILE`, written by `burstgpt profile` and `burstgpt calibrate`) is a
+`FittedModel`: a model of any kind plus what it was fitted on (the server's model name and engine settings,
+the date, the fit's quality, the burstgpt version; never a credential). `load_latency_model` reads it; a bare
+`{"kind": ...}` object is accepted too. `StepRecorder` wraps a model to keep every step's work (for the
+server's step metrics and for calibration).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from burstgpt.errors import BurstGPTError
+from burstgpt.errors import BurstGPTError, InputError
 from burstgpt.sim.hardware import GPU_PRESETS, MODEL_PRESETS, GPUSpec, ModelSpec, gpu_preset, model_preset
 
 
@@ -325,3 +333,160 @@ def parse_linear_coefficients(text: str) -> LinearLatency:
             "BASE positive"
         )
     return LinearLatency(*values)
+
+
+#: The linear model's coefficients, in the order of `LinearLatency`'s fields and of `linear_features`' columns.
+LINEAR_TERMS = ("base_s", "per_prefill_token_s", "per_decode_token_s", "per_kv_token_s", "per_prefill_pair_s",
+                "per_admitted_request_s")
+
+
+def linear_features(prefill_tokens, decode_seqs, prefill_pairs, decode_kv_tokens, prefill_kv_tokens, admitted
+                    ) -> np.ndarray:
+    """The linear model's design matrix for steps given by arrays of `StepWork` fields: shape (steps, 6),
+    float64, columns in `LINEAR_TERMS` order (1, prefill tokens, decode sequences, KV tokens read, prefill
+    pairs, admitted requests), so that `features @ coefficients` is `LinearLatency.step_time` of each step."""
+    prefill_tokens = np.asarray(prefill_tokens, np.float64)
+    return np.column_stack([
+        np.ones_like(prefill_tokens), prefill_tokens, np.asarray(decode_seqs, np.float64),
+        np.asarray(decode_kv_tokens, np.float64) + np.asarray(prefill_kv_tokens, np.float64),
+        np.asarray(prefill_pairs, np.float64), np.asarray(admitted, np.float64),
+    ])
+
+
+class StepRecorder:
+    """A latency model that keeps the work of the steps it times (`last`: the latest step's `StepWork` tuple;
+    `works`: every step's, in order, when `keep_all`) and delegates the time to `model`. For an engine stepped
+    one step at a time (`step()` without `jump`): decode runs taken in closed form would not be recorded step by
+    step, so it refuses them. Not a registered kind: it is never written to a file."""
+
+    def __init__(self, model: LatencyModel, *, keep_all: bool = True) -> None:
+        self.model = model
+        self.last: tuple[int, int, int, int, int, int] | None = None
+        self.works: list[tuple[int, int, int, int, int, int]] | None = [] if keep_all else None
+
+    def step_time(self, prefill_tokens: int, decode_seqs: int, prefill_pairs: int, decode_kv_tokens: int,
+                  prefill_kv_tokens: int, admitted: int) -> float:
+        work = self.last = (prefill_tokens, decode_seqs, prefill_pairs, decode_kv_tokens, prefill_kv_tokens,
+                            admitted)
+        if self.works is not None:
+            self.works.append(work)
+        return self.model.step_time(*work)
+
+    def decode_line_coefficients(self, requests: int, context: int):
+        raise RuntimeError("StepRecorder records single steps: step the engine without jump")
+
+    def describe(self) -> str:
+        return self.model.describe()
+
+
+#: `format` tag of a latency model file.
+LATENCY_MODEL_FORMAT = "burstgpt-latency-model"
+
+#: Engine settings a model file may carry that `EngineSpec` takes (the rest are kept for the record only).
+ENGINE_SETTING_NAMES = ("num_gpu_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len")
+
+
+@dataclass(frozen=True)
+class FitQuality:
+    """How well a fitted model explains its measurements: `r2` (coefficient of determination), residual
+    percentiles of |measured - predicted| in seconds and relative to the measurement, the number of points
+    fitted and of points dropped as outliers, and whether the measurements were cut short (`partial`)."""
+
+    r2: float
+    residual_p50_s: float
+    residual_p90_s: float
+    residual_p99_s: float
+    relative_p50: float
+    relative_p90: float
+    relative_p99: float
+    points: int
+    outliers: int = 0
+    partial: bool = False
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """A latency model and what it was fitted on: `method` (`profile`, `calibrate`, or None for a bare model),
+    `source` (the server URL without credentials, or the run directories), the served `model_name`, `engine`
+    settings read from the server (`ENGINE_SETTING_NAMES` and whatever else it exposes), `fitted_at_utc`
+    (ISO 8601), `burstgpt_version`, `fit` quality, free-form `notes` and the `measurements` fitted (tables as
+    lists of rows, for the record)."""
+
+    latency: LatencyModel
+    method: str | None = None
+    source: str | list[str] | None = None
+    model_name: str | None = None
+    engine: dict = field(default_factory=dict)
+    fitted_at_utc: str | None = None
+    burstgpt_version: str | None = None
+    fit: FitQuality | None = None
+    notes: list[str] = field(default_factory=list)
+    measurements: dict = field(default_factory=dict)
+
+    def engine_settings(self) -> dict[str, int]:
+        """The settings of `ENGINE_SETTING_NAMES` the file carries, as positive integers (others skipped)."""
+        settings = {}
+        for name in ENGINE_SETTING_NAMES:
+            value = self.engine.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                settings[name] = value
+        return settings
+
+    def to_dict(self) -> dict:
+        return {
+            "format": LATENCY_MODEL_FORMAT, "version": 1, "latency": self.latency.to_dict(), "method": self.method,
+            "source": self.source, "model_name": self.model_name, "engine": dict(self.engine),
+            "fitted_at_utc": self.fitted_at_utc, "burstgpt_version": self.burstgpt_version,
+            "fit": dataclasses.asdict(self.fit) if self.fit is not None else None, "notes": list(self.notes),
+            "measurements": self.measurements,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "latency model") -> FittedModel:
+        """From `to_dict`'s form, or a bare latency model `{"kind": ...}`."""
+        if isinstance(data, dict) and "kind" in data:
+            return cls(latency_from_dict(data, source))
+        if not isinstance(data, dict) or data.get("format") != LATENCY_MODEL_FORMAT:
+            raise BurstGPTError(f"{source}: not a latency model (expected {{\"format\": \"{LATENCY_MODEL_FORMAT}\", "
+                                f"...}} or {{\"kind\": ...}})")
+        fit = data.get("fit")
+        try:
+            quality = FitQuality(**fit) if isinstance(fit, dict) else None
+        except TypeError as exc:
+            raise BurstGPTError(f"{source}: bad 'fit': {exc}") from None
+        engine = data.get("engine") or {}
+        if not isinstance(engine, dict):
+            raise BurstGPTError(f"{source}: 'engine' must be a JSON object")
+        return cls(latency_from_dict(data.get("latency"), f"{source}: 'latency'"), method=data.get("method"),
+                   source=data.get("source"), model_name=data.get("model_name"), engine=engine,
+                   fitted_at_utc=data.get("fitted_at_utc"), burstgpt_version=data.get("burstgpt_version"),
+                   fit=quality, notes=list(data.get("notes") or []), measurements=data.get("measurements") or {})
+
+    def describe(self) -> str:
+        """One line: the model, and what it was fitted on."""
+        parts = [self.latency.describe()]
+        if self.method:
+            on = f"{self.model_name} at {self.source}" if self.model_name else str(self.source)
+            parts.append(f"fitted by {self.method} on {on}, {self.fitted_at_utc}")
+        if self.fit is not None:
+            parts.append(f"R^2 {self.fit.r2:.3f}, residual p50 {self.fit.relative_p50:.1%}"
+                         + (" (PARTIAL)" if self.fit.partial else ""))
+        return "; ".join(parts)
+
+
+def load_latency_model(path: str | Path) -> FittedModel:
+    """Read a latency model file (`FittedModel.to_dict`'s JSON, or a bare `{"kind": ...}` model); a bad file is
+    an `InputError` naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not JSON: {exc.msg}", line=exc.lineno) from None
+    try:
+        return FittedModel.from_dict(data, source="model file")
+    except BurstGPTError as exc:
+        raise InputError(path, str(exc).removeprefix("model file: ")) from None

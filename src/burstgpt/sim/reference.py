@@ -1,12 +1,14 @@
 """A deliberately simple per-step engine over request objects: the oracle for `ServingEngine` in tests and the
-baseline in `benchmarks/bench_sim.py`. Same semantics as `burstgpt.sim.engine` (see its module doc), written
-for clarity: one Python loop per step over the running requests. Far too slow for large workloads.
+baseline in `benchmarks/bench_sim.py`. Same semantics as `burstgpt.sim.engine` (see its module doc and
+`burstgpt.sim.scheduler` for the prefix cache), written for clarity: one Python loop per step over the running
+requests, every KV block kept in a list with its cache key, the LRU of cached free blocks as a plain list. Far
+too slow for large workloads.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,38 +22,118 @@ class _Request:
     arrival: float
     prompt: int
     output_len: int
-    deadline: float
+    deadline: float  # the client gives up
+    abort_at: float  # the engine aborts it
+    ids: tuple = ()  # prefix block ids
+    id_size: int = 0  # tokens per id
     state: int = 0
     computed: int = 0
     generated: int = 0
-    blocks: int = 0
+    seen: int = 0  # output tokens the client received by its deadline
+    blocks: list = field(default_factory=list)  # per block held: its cache key, or None while not cached
     preemptions: int = 0
+    cached_tokens: int = 0
     first_scheduled: float = math.nan
     first_token: float = math.nan
     last_token: float = math.nan
     end: float = math.nan
 
 
-def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, output_tokens) -> dict[str, np.ndarray]:
-    """Simulate step by step (`latency`: a `burstgpt.sim.latency.LatencyModel`); returns per-request arrays
-    (state, first_scheduled, first_token, end, generated, preemptions) and `step_times` (start of every step)."""
+class _Anonymous:
+    """An LRU entry nobody can look up (a block whose key a newer block took over)."""
+
+
+def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, output_tokens,
+                       prefix_ids=None, prefix_block_size=None) -> dict[str, np.ndarray]:
+    """Simulate step by step (`latency`: a `burstgpt.sim.latency.LatencyModel`; `prefix_ids`: per request a list
+    of prefix block ids or None, each standing for `prefix_block_size` tokens); returns per-request arrays
+    (state, first_scheduled, first_token, end, generated, preemptions, cached_tokens) and per step `step_times`
+    (start), `kv_blocks_used` (after its allocations) and `cache_hits` (prompt tokens found in the prefix cache
+    by first admissions)."""
     timeout = config.timeout_s if config.timeout_s is not None else math.inf
+    count = len(arrival_s)
+    ids = list(prefix_ids) if prefix_ids is not None else [None] * count
+    sizes = np.broadcast_to(np.asarray(prefix_block_size if prefix_block_size is not None else 0), (count,))
     requests = [
         # A request stops at max_model_len tokens of context, as vLLM's does.
-        _Request(i, float(a), int(p), min(max(int(o), 1), max(config.max_model_len - int(p), 1)), float(a) + timeout)
+        _Request(i, float(a), int(p), min(max(int(o), 1), max(config.max_model_len - int(p), 1)),
+                 float(a) + timeout, float(a) + timeout + config.abort_delay_s,
+                 tuple(int(x) for x in ids[i]) if ids[i] is not None else (), int(sizes[i]))
         for i, (a, p, o) in enumerate(zip(arrival_s, prompt_tokens, output_tokens, strict=True))
     ]
     bs = config.block_size
-    free = config.num_gpu_blocks
+    caching = config.enable_prefix_caching
+    uncached_free = config.num_gpu_blocks  # free blocks not in the prefix cache
+    lru: list = []  # cached free blocks, by key, oldest first
+    refs: dict = {}  # key -> running requests holding its block (0: in the LRU)
     waiting: list[_Request] = []
     running: list[_Request] = []
     next_arrival = 0
     now = 0.0
     step_times: list[float] = []
+    step_kv: list[int] = []
+    step_hits: list[int] = []
+
+    def free_blocks() -> int:
+        return uncached_free + len(lru)
+
+    def key(req: _Request, block: int):
+        """Block `block` of `req` is shared with the requests whose leading ids are equal when its tokens lie in
+        the region its ids cover; otherwise it is the request's own."""
+        covered = min(len(req.ids) * req.id_size, req.prompt)
+        if (block + 1) * bs <= covered:
+            return "shared", req.ids[: ((block + 1) * bs - 1) // req.id_size + 1], block
+        return "own", req.rid, block
+
+    def take(blocks: int) -> None:
+        """Hand out new blocks: uncached free ones first, then evict the oldest cached ones."""
+        nonlocal uncached_free
+        for _ in range(blocks):
+            if uncached_free:
+                uncached_free -= 1
+            else:
+                evicted = lru.pop(0)
+                if not isinstance(evicted, _Anonymous):
+                    del refs[evicted]
+
+    def fill(req: _Request, before: int, after: int) -> None:
+        """Blocks of `req` that fill as it computes tokens before..after get cached under their keys, unless a
+        running request holds that key's block; a free block cached under it before stays, anonymously."""
+        if not caching:
+            return
+        for block in range(before // bs, after // bs):
+            name = key(req, block)
+            if refs.get(name, 0) > 0:
+                continue
+            if name in refs:
+                lru[lru.index(name)] = _Anonymous()
+            refs[name] = 1
+            req.blocks[block] = name
+
+    def give_back(req: _Request) -> None:
+        """Free `req`'s blocks, its last one first: cached ones go to the end of the LRU when nobody holds them."""
+        nonlocal uncached_free
+        for name in reversed(req.blocks):
+            if name is None:
+                uncached_free += 1
+            else:
+                refs[name] -= 1
+                if refs[name] == 0:
+                    lru.append(name)
+        req.blocks = []
+
+    def lookup(req: _Request) -> tuple[int, int]:
+        """(leading blocks found in the cache, of which free); at most (context - 1) // bs."""
+        if not caching:
+            return 0, 0
+        hit = free = 0
+        while hit < (req.prompt + req.generated - 1) // bs and key(req, hit) in refs:
+            free += refs[key(req, hit)] == 0
+            hit += 1
+        return hit, free
 
     def time_out(req: _Request) -> None:
-        if req.last_token > req.deadline:
-            req.generated -= 1
+        req.generated = req.seen
         if req.first_token > req.deadline:
             req.first_token = math.nan
         req.state = TIMED_OUT
@@ -68,10 +150,10 @@ def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, 
             else:
                 req.state = WAITING
                 waiting.append(req)
-        for req in [r for r in running + waiting if r.deadline <= now]:
+        for req in sorted((r for r in running + waiting if r.abort_at <= now), key=lambda r: r.rid):
             time_out(req)
             if req in running:
-                free += req.blocks
+                give_back(req)
                 running.remove(req)
             else:
                 waiting.remove(req)
@@ -87,11 +169,11 @@ def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, 
         while index < len(running) and budget > 0:
             req = running[index]
             chunk = min(req.prompt + req.generated - req.computed, budget)
-            needed = -(-(req.computed + chunk) // bs) - req.blocks
-            while needed > free:
+            needed = -(-(req.computed + chunk) // bs) - len(req.blocks)
+            while needed > free_blocks():
                 victim = running.pop()
-                free += victim.blocks
-                victim.blocks = victim.computed = 0
+                give_back(victim)
+                victim.computed = 0
                 victim.preemptions += 1
                 victim.state = WAITING
                 waiting.insert(0, victim)
@@ -100,22 +182,37 @@ def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, 
                     break
             if req.state != RUNNING:
                 break
-            free -= needed
-            req.blocks += needed
+            take(needed)
+            req.blocks += [None] * needed
+            fill(req, req.computed, req.computed + chunk)
             scheduled.append((req, chunk))
             budget -= chunk
             index += 1
-        admitted = 0
+        admitted = hits = 0
         if not preempted:
             while waiting and budget > 0 and len(running) < config.max_num_seqs:
                 req = waiting[0]
-                chunk = min(req.prompt + req.generated, budget)
-                needed = -(-chunk // bs)
-                if needed > free:
+                context = req.prompt + req.generated
+                hit, hit_free = lookup(req)
+                chunk = min(context - hit * bs, budget)
+                end = context if config.reserve_full_prompt else hit * bs + chunk
+                if -(-end // bs) - hit + hit_free > free_blocks():
                     break
                 waiting.pop(0)
-                free -= needed
-                req.blocks = needed
+                for block in range(hit):  # take the cached blocks, out of the LRU when free
+                    name = key(req, block)
+                    if refs[name] == 0:
+                        lru.remove(name)
+                    refs[name] += 1
+                    req.blocks.append(name)
+                new = -(-(hit * bs + chunk) // bs) - hit
+                take(new)
+                req.blocks += [None] * new
+                req.computed = hit * bs
+                fill(req, req.computed, req.computed + chunk)
+                if caching and req.preemptions == 0:
+                    req.cached_tokens = hit * bs
+                    hits += hit * bs
                 req.state = RUNNING
                 if math.isnan(req.first_scheduled):
                     req.first_scheduled = now
@@ -134,6 +231,8 @@ def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, 
                 prefill_kv += req.computed + chunk
         duration = float(latency.cost(StepWork(prefill, decode, prefill_pairs, decode_kv, prefill_kv, admitted)))
         step_times.append(now)
+        step_kv.append(config.num_gpu_blocks - free_blocks())
+        step_hits.append(hits)
         end = now + duration
         for req, chunk in scheduled:
             req.computed += chunk
@@ -142,12 +241,15 @@ def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, 
                     req.first_token = end
                 req.generated += 1
                 req.last_token = end
+                if end <= req.deadline:
+                    req.seen = req.generated
                 if req.generated == req.output_len:
                     req.state, req.end = DONE, end
                     if req.deadline < end:
                         time_out(req)
-                    free += req.blocks
+                    give_back(req)
                     running.remove(req)
+        # Clients whose deadline has passed by the next step are gone; they keep what they had received.
         now = end
     return {
         "state": np.array([r.state for r in requests], np.int8),
@@ -156,5 +258,8 @@ def reference_simulate(config: EngineConfig, latency, arrival_s, prompt_tokens, 
         "end": np.array([r.end for r in requests]),
         "generated": np.array([r.generated for r in requests], np.int64),
         "preemptions": np.array([r.preemptions for r in requests], np.int64),
+        "cached_tokens": np.array([r.cached_tokens for r in requests], np.int64),
         "step_times": np.array(step_times),
+        "kv_blocks_used": np.array(step_kv, np.int64),
+        "cache_hits": np.array(step_hits, np.int64),
     }

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from burstgpt.errors import BurstGPTError
-from burstgpt.records import STATUS_FAILED, STATUS_OK, conform_request_records, conform_server_metrics
+from burstgpt.records import STATUS_FAILED, STATUS_OK, conform_request_records
 from burstgpt.sim.engine import DONE, INVALID, REJECTED, TIMED_OUT, EngineConfig, ServingEngine
-from burstgpt.sim.hardware import gpu_preset, model_preset, num_gpu_blocks
+from burstgpt.sim.hardware import batch_defaults, default_block_size, gpu_preset, model_preset, num_gpu_blocks
 from burstgpt.sim.latency import LatencyModel, RooflineLatency, latency_from_dict
 from burstgpt.sim.output_lengths import (
     DEFAULT_OUTPUT_LENGTH_SPEC,
     OutputLengthModel,
     parse_output_length_model,
     resolve_output_lengths,
+)
+from burstgpt.sim.step_log import (
+    SERVER_COUNTER_STEPS,
+    STEP_COLUMNS,
+    STEP_MODES,
+    IntervalDigest,
+    StepLog,
+    check_interval,
+    interval_server_metrics,
+    last_rows_and_peaks,
 )
 from burstgpt.workload.schema import validate_workload
 
@@ -27,18 +38,22 @@ class EngineSpec:
     """What to simulate: hardware and model presets (names, or unambiguous case-insensitive prefixes), the
     engine's limits (vLLM's flags of the same names; lengths in tokens, times in seconds) and the step-time model.
 
-    `num_gpu_blocks` None: from GPU memory (`burstgpt.sim.hardware.num_gpu_blocks`); `max_model_len` None: the
-    model preset's context; `timeout_s` None: no server timeout; `max_queue` None: no queue limit; `latency`
-    None: the roofline of `gpu` x `model` with the three roofline factors below, else a
+    None means "as vLLM would": `num_gpu_blocks` from memory (`burstgpt.sim.hardware.num_gpu_blocks`, or give
+    the `num_gpu_blocks` of a real server's `vllm:cache_config_info`); `block_size` 16 on a GPU, 128 on the CPU
+    preset; `max_num_seqs` / `max_num_batched_tokens` vLLM's OpenAI-server defaults for the GPU
+    (`burstgpt.sim.hardware.batch_defaults`); `max_model_len` the model preset's context. `timeout_s`: the
+    clients' timeout (None: they wait forever), after which the engine aborts the request `abort_delay_s` later;
+    `max_queue` None: no queue limit; `enable_prefix_caching`: vLLM's automatic prefix caching (on by default, as
+    in vLLM V1); `latency` None: the roofline of `gpu` x `model` with the three roofline factors below, else a
     `burstgpt.sim.latency.LatencyModel` or its JSON dict (`{"kind": "linear", ...}`)."""
 
     gpu: str = "A800-80GB"
     model: str = "Llama-2-13B-chat"
     num_gpu_blocks: int | None = None
-    block_size: int = 16
+    block_size: int | None = None
     gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
     timeout_s: float | None = 30.0
     max_queue: int | None = None
@@ -46,6 +61,8 @@ class EngineSpec:
     compute_efficiency: float = 0.6
     memory_efficiency: float = 0.8
     step_overhead_s: float = 0.003
+    enable_prefix_caching: bool = True
+    abort_delay_s: float = 0.0
 
     def check(self) -> None:
         """Raise `BurstGPTError` (naming the CLI flag) for a value out of range."""
@@ -59,6 +76,8 @@ class EngineSpec:
             raise BurstGPTError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
         if self.max_queue is not None and self.max_queue < 0:
             raise BurstGPTError("--max-queue must not be negative")
+        if not (self.abort_delay_s >= 0 and np.isfinite(self.abort_delay_s)):
+            raise BurstGPTError(f"--abort-delay must be a non-negative number of seconds, got {self.abort_delay_s}")
 
 
 @dataclass(frozen=True)
@@ -74,11 +93,14 @@ class EngineSetup:
         """The engine settings in one line (printed by `simulate` and `serve-sim` at start)."""
         config = self.config
         timeout = f"{config.timeout_s:g} s" if config.timeout_s is not None else "none"
+        if config.timeout_s is not None and config.abort_delay_s:
+            timeout += f" (aborted {config.abort_delay_s:g} s later)"
         queue = config.max_queue if config.max_queue is not None else "unlimited"
+        caching = "on" if config.enable_prefix_caching else "off"
         return (f"engine: {self.gpu_name} x {self.model_name}; {config.num_gpu_blocks} KV blocks x "
                 f"{config.block_size} tokens; max_num_seqs {config.max_num_seqs}; max_num_batched_tokens "
-                f"{config.max_num_batched_tokens}; max_model_len {config.max_model_len}; timeout {timeout}; "
-                f"queue limit {queue}; latency {self.latency.describe()}")
+                f"{config.max_num_batched_tokens}; max_model_len {config.max_model_len}; prefix caching "
+                f"{caching}; client timeout {timeout}; queue limit {queue}; latency {self.latency.describe()}")
 
     def to_dict(self) -> dict:
         """The settings as JSON (a run's config.json); `latency` in its `to_dict` form."""
@@ -93,17 +115,23 @@ def build_engine_setup(spec: EngineSpec | None = None, /, **changes) -> EngineSe
     spec.check()
     gpu_spec = gpu_preset(spec.gpu)
     model_spec = model_preset(spec.model)
+    default_tokens, default_seqs = batch_defaults(gpu_spec)
+    block_size = spec.block_size or default_block_size(gpu_spec)
+    max_num_batched_tokens = spec.max_num_batched_tokens or default_tokens
     blocks = spec.num_gpu_blocks if spec.num_gpu_blocks is not None else num_gpu_blocks(
-        gpu_spec, model_spec, block_size=spec.block_size, gpu_memory_utilization=spec.gpu_memory_utilization
+        gpu_spec, model_spec, block_size=block_size, gpu_memory_utilization=spec.gpu_memory_utilization,
+        max_num_batched_tokens=max_num_batched_tokens,
     )
     config = EngineConfig(
         num_gpu_blocks=blocks,
-        block_size=spec.block_size,
-        max_num_seqs=spec.max_num_seqs,
-        max_num_batched_tokens=spec.max_num_batched_tokens,
+        block_size=block_size,
+        max_num_seqs=spec.max_num_seqs or default_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
         max_model_len=spec.max_model_len or model_spec.max_model_len,
         timeout_s=spec.timeout_s,
         max_queue=spec.max_queue,
+        enable_prefix_caching=spec.enable_prefix_caching,
+        abort_delay_s=spec.abort_delay_s,
     )
     config.check()
     if spec.latency is None:
@@ -119,11 +147,29 @@ def build_engine_setup(spec: EngineSpec | None = None, /, **changes) -> EngineSe
 @dataclass
 class SimulationResult:
     """`records`: per-request records (`burstgpt.records` schema), one row per workload row, in its order;
-    `steps`: one row per engine step (`burstgpt.sim.engine.STEP_COLUMNS`); `num_gpu_blocks`: the KV cache size."""
+    `num_gpu_blocks`: the KV cache size; `server_metrics`: per metrics interval
+    (`burstgpt.sim.step_log.IntervalDigest`); `num_steps`: engine steps taken; `steps_mode`: which steps were kept
+    (`burstgpt.sim.step_log.STEP_MODES`); `step_log`: the whole log (mode "all"); `sampled_steps`: mode
+    "sampled". `steps` / `scan_steps()`: the step table of the mode (`burstgpt.sim.engine.STEP_COLUMNS`)."""
 
     records: pl.DataFrame
-    steps: pl.DataFrame
     num_gpu_blocks: int
+    server_metrics: pl.DataFrame
+    num_steps: int
+    steps_mode: str = "all"
+    step_log: StepLog | None = None
+    sampled_steps: pl.DataFrame | None = None
+
+    @functools.cached_property
+    def steps(self) -> pl.DataFrame:
+        """The step table of the mode: every step ("all", expanded on first use), the sampled ones, or none."""
+        if self.step_log is not None:
+            return self.step_log.frame()
+        return self.sampled_steps if self.sampled_steps is not None else pl.DataFrame(schema=STEP_COLUMNS)
+
+    def scan_steps(self) -> pl.LazyFrame:
+        """The step table as a LazyFrame; for "all" expanded a chunk at a time as it is read (`StepLog.scan`)."""
+        return self.step_log.scan() if self.step_log is not None else self.steps.lazy()
 
 
 def simulate_workload(
@@ -134,19 +180,41 @@ def simulate_workload(
     seed: int = 0,
     jump: bool = True,
     progress=None,
+    steps: str = "all",
+    metrics_interval_s: float = 1.0,
 ) -> SimulationResult:
     """Run `workload` (a conformed workload table, sorted by arrival) through one simulated engine. The workload
-    is validated first (`validate_workload`: finite, plausible, non-decreasing arrivals; plausible lengths)."""
+    is validated first (`validate_workload`: finite, plausible, non-decreasing arrivals; plausible lengths).
+    `steps`: which steps the result keeps (`burstgpt.sim.step_log.STEP_MODES`: "all", "sampled", "none"; only
+    "all" keeps the whole log in memory); server metrics are computed every `metrics_interval_s` seconds."""
+    if steps not in STEP_MODES:
+        raise BurstGPTError(f"--steps must be one of {', '.join(STEP_MODES)}, got {steps!r}")
+    check_interval(metrics_interval_s)
     validate_workload(workload, "workload")
     if isinstance(output_lengths, str):
         output_lengths = parse_output_length_model(output_lengths)
     config = setup.config
     lengths = resolve_output_lengths(workload, output_lengths, max_model_len=config.max_model_len, seed=seed)
     engine = ServingEngine(config, setup.latency)
-    engine.submit(workload["arrival_s"].to_numpy(), workload["input_tokens"].to_numpy(), lengths)
+    # The step log hands its chunks to the digest as the engine runs; it keeps them only for the full table.
+    digest = IntervalDigest(metrics_interval_s, config.num_gpu_blocks, sample=steps == "sampled")
+    engine.steps = StepLog(config.block_size, consumers=(digest,), keep=steps == "all")
+    engine.submit(workload["arrival_s"].to_numpy(), workload["input_tokens"].to_numpy(), lengths,
+                  *workload_prefixes(workload))
     engine.run(jump=jump, progress=progress)
+    engine.steps.finish()
     records = engine_records(engine, workload, setup.model_name)
-    return SimulationResult(records, engine.steps.frame(), config.num_gpu_blocks)
+    return SimulationResult(records, config.num_gpu_blocks, digest.server_metrics(), engine.steps.size, steps,
+                            step_log=engine.steps if steps == "all" else None,
+                            sampled_steps=digest.sampled_steps() if steps == "sampled" else None)
+
+
+def workload_prefixes(workload: pl.DataFrame) -> tuple[list | None, np.ndarray | None]:
+    """(prefix block ids per request, tokens per id) for `ServingEngine.submit`, (None, None) when no request
+    of the workload has prefix ids (the engine then pays nothing for them)."""
+    if "prefix_block_ids" not in workload.columns or workload["prefix_block_ids"].null_count() == workload.height:
+        return None, None
+    return workload["prefix_block_ids"].to_list(), workload["prefix_block_size"].fill_null(0).to_numpy()
 
 
 def engine_records(engine: ServingEngine, workload: pl.DataFrame, model_name: str) -> pl.DataFrame:
@@ -158,7 +226,7 @@ def engine_records(engine: ServingEngine, workload: pl.DataFrame, model_name: st
     # Status columns from the request states, mapped in Polars (NumPy string arrays of a million rows are slow).
     error_class = {TIMED_OUT: "timeout", REJECTED: "rejected", INVALID: "http_4xx"}
     message = {
-        TIMED_OUT: f"aborted by the server timeout ({config.timeout_s} s)",
+        TIMED_OUT: f"the client gave up after its timeout ({config.timeout_s} s)",
         REJECTED: f"rejected: queue limit {config.max_queue} reached",
         INVALID: f"empty prompt, or not shorter than the context ({config.max_model_len} tokens)",
     }
@@ -179,8 +247,13 @@ def engine_records(engine: ServingEngine, workload: pl.DataFrame, model_name: st
             "_state": state,
             "bytes_received": np.zeros(count, np.int64),
             "preemptions": columns["preemptions"],
+            "cached_prompt_tokens": columns["cached_tokens"],
         },
         nan_to_null=True,
+    ).with_columns(
+        # Null where the engine never scheduled the request (no lookup happened) and without prefix caching.
+        pl.when(pl.col("first_scheduled_s").is_not_null() & pl.lit(config.enable_prefix_caching))
+        .then(pl.col("cached_prompt_tokens")).otherwise(None).alias("cached_prompt_tokens"),
     ).with_columns(
         pl.when(pl.col("_state") == DONE).then(pl.lit(STATUS_OK)).otherwise(pl.lit(STATUS_FAILED)).alias("status"),
         pl.col("_state").replace_strict(error_class, default=None, return_dtype=pl.String).alias("error_class"),
@@ -193,50 +266,24 @@ def engine_records(engine: ServingEngine, workload: pl.DataFrame, model_name: st
 
 def server_metrics_from_steps(steps: pl.DataFrame, num_gpu_blocks: int, interval_s: float | None = 1.0
                               ) -> pl.DataFrame:
-    """vLLM-style server metrics (`burstgpt.records` server-metrics layout) from a step table, as a scrape every
-    `interval_s` simulated seconds would see them: per interval, the values at the end of its last step (counters
-    cumulative since the start), plus `kv_cache_usage_peak`, the interval's highest KV usage (0-1).
-    `interval_s` None: one row per step."""
-    if interval_s is not None and not interval_s > 0:
-        raise BurstGPTError(f"--metrics-interval must be positive, got {interval_s}")
+    """vLLM-style server metrics (`burstgpt.records` server-metrics layout) from a full step table, as a scrape
+    every `interval_s` simulated seconds would see them: per interval (a step belongs to the one its end falls
+    in), the state after its last step (counters cumulative since the start), plus `kv_cache_usage_peak`, the
+    interval's highest KV usage (0-1). `interval_s` None: one row per step. `simulate_workload` computes the same
+    without the table (`burstgpt.sim.step_log.IntervalDigest`)."""
+    if interval_s is not None:
+        check_interval(interval_s)
     end_s = steps["time_s"].to_numpy() + steps["duration_s"].to_numpy()
     bucket = np.arange(steps.height, dtype=np.float64) if interval_s is None else np.floor(end_s / interval_s)
     kv_blocks = steps["kv_blocks_used"].to_numpy()
-    if np.all(bucket[1:] >= bucket[:-1]):
-        # Step ends do not go back (the usual case): each interval is one contiguous block of rows, and its values
-        # are taken from its last row (the counters as per-interval sums, accumulated), without a per-step table.
-        first_rows = np.flatnonzero(np.concatenate([[True], bucket[1:] != bucket[:-1]])) if steps.height else \
-            np.zeros(0, np.int64)
-        last_rows = np.append(first_rows[1:] - 1, steps.height - 1) if steps.height else first_rows
+    last, peaks = last_rows_and_peaks(bucket, kv_blocks)
 
-        def total(name: str) -> np.ndarray:
-            if not steps.height:
-                return np.zeros(0, np.int64)
-            return np.cumsum(np.add.reduceat(steps[name].to_numpy(), first_rows, dtype=np.int64))
+    def cumulative(name: str) -> np.ndarray:
+        return np.cumsum(steps[name].to_numpy(), dtype=np.int64)[last]
 
-        frame = pl.DataFrame({
-            "time_s": end_s[last_rows],
-            "kv_blocks": kv_blocks[last_rows],
-            "num_requests_running": steps["num_running"].to_numpy()[last_rows],
-            "num_requests_waiting": steps["num_waiting"].to_numpy()[last_rows],
-            "num_preemptions_total": total("preemptions"),
-            "prompt_tokens_total": total("prompt_tokens"),
-            "generation_tokens_total": total("generated_tokens"),
-            "kv_blocks_peak": np.maximum.reduceat(kv_blocks, first_rows) if steps.height else kv_blocks[:0],
-        })
-    else:
-        # Rounding can put a step's end a hair before its predecessor's: gather each interval's rows wherever
-        # they are (the counters accumulated in step order).
-        frame = pl.DataFrame({
-            "_bucket": bucket, "time_s": end_s, "kv_blocks": kv_blocks,
-            "num_requests_running": steps["num_running"], "num_requests_waiting": steps["num_waiting"],
-            "num_preemptions_total": steps["preemptions"].cast(pl.Int64).cum_sum(),
-            "prompt_tokens_total": steps["prompt_tokens"].cast(pl.Int64).cum_sum(),
-            "generation_tokens_total": steps["generated_tokens"].cast(pl.Int64).cum_sum(),
-        }).group_by("_bucket", maintain_order=True).agg(
-            pl.all().last(), pl.col("kv_blocks").max().alias("kv_blocks_peak"),
-        ).drop("_bucket")
-    return conform_server_metrics(frame.with_columns(
-        (pl.col("kv_blocks") / num_gpu_blocks).alias("kv_cache_usage_perc"),
-        (pl.col("kv_blocks_peak") / num_gpu_blocks).alias("kv_cache_usage_peak"),
-    ).drop("kv_blocks", "kv_blocks_peak"))
+    return interval_server_metrics({
+        "time_s": end_s[last], "kv_blocks": kv_blocks[last], "kv_blocks_peak": peaks,
+        "num_requests_running": steps["num_running"].to_numpy()[last],
+        "num_requests_waiting": steps["num_waiting"].to_numpy()[last],
+        **{counter: cumulative(step_column) for counter, step_column in SERVER_COUNTER_STEPS.items()},
+    }, num_gpu_blocks)

@@ -5,7 +5,8 @@ The entry point is `WorkloadSpec` -> `build_workload(spec)` -> the workload tabl
 constant), `lengths` (Zipf request lengths, empirical response lengths), `responses` (response-length modes by
 kind), `tokenizer` (the one token-counting interface), `prompts` (prompt sources, the prompt pool), `params`
 (fitted parameters file), `generate` (assembling the workload table), `inspect` (statistics and plots),
-`synthetic_trace` (a BurstGPT-like trace with known parameters); `schema` and `io` define, check and
+`synthetic_trace` (a BurstGPT-like trace with known parameters), `prefixes` (generated shared system prompts
+and multi-turn sessions), `sessions` (turns and think times of recorded sessions); `schema` and `io` define, check and
 read/write the workload table. See docs/workload.md.
 """
 
@@ -16,6 +17,7 @@ from burstgpt.lazy import lazy_exports
 # Exported lazily so that `burstgpt.workload.schema` stays light for the client and the server.
 _EXPORTS = {
     "WorkloadSpec": "spec", "ScheduledArrivals": "spec", "MirroredArrivals": "spec", "ReplayedTrace": "spec",
+    "ServeGenClients": "spec",
     "RequestLengths": "spec", "Responses": "spec", "Prompts": "spec", "build_workload": "spec",
     "read_workload": "io", "write_workload": "io", "validate_workload": "schema", "WORKLOAD_SCHEMA": "schema",
 }

@@ -8,9 +8,10 @@ renewal process of `burstgpt.workload.processes` (gamma, poisson, weibull, const
 process's shape and beta_s its scale.
 
 Time-varying burstiness (`ParamSchedule`): alpha and beta are piecewise constant, changing every T seconds or
-every N requests. Every N requests: the gap before request i is drawn with the step of request i. Every T
-seconds: a time-rescaled renewal process (see `_time_indexed_arrivals`): inside a window gaps are exactly
-Gamma(alpha, beta) of that window, the process is not restarted at boundaries, and each window receives its
+every N requests; the family may change too (`step_process`, e.g. ServeGen's Gamma or Weibull per window).
+Every N requests: the gap before request i is drawn with the step of request i. Every T seconds: a
+time-rescaled renewal process (see `_time_indexed_arrivals`): inside a window gaps are exactly Gamma(alpha, beta)
+of that window, the process is not restarted at boundaries, and each window receives its
 expected count rate x length even when it holds only a few arrivals.
 """
 
@@ -94,6 +95,10 @@ class ParamSchedule:
     workload clock or "requests" (request index). After `end`: `after_end="hold"` keeps the last step for
     ever, `"cycle"` repeats the schedule with period `end`. A step whose beta_s is inf (or alpha/beta NaN)
     has rate 0: no request starts in it (seconds unit only).
+
+    `step_process` (K,) optionally names the process of each step (kinds of `burstgpt.workload.processes`), for
+    schedules whose family changes from step to step (ServeGen records Gamma or Weibull per window); None, the
+    usual case, means `process` throughout and keeps the single-process fast paths.
     """
 
     starts: np.ndarray  # (K,) float64, starts[0] == 0, increasing
@@ -103,9 +108,17 @@ class ParamSchedule:
     end: float
     after_end: Literal["hold", "cycle"] = "hold"
     process: str = "gamma"  # a kind of burstgpt.workload.processes
+    step_process: np.ndarray | None = None  # (K,) str kinds per step, or None: `process` for every step
 
     def __post_init__(self) -> None:
         get_process(self.process)  # a clear error for an unknown kind
+        if self.step_process is not None:
+            kinds = np.asarray(self.step_process, dtype=str)
+            if kinds.shape != np.shape(self.starts):
+                raise BurstGPTError("schedule step_process must name one process per step")
+            for kind in np.unique(kinds):
+                get_process(str(kind))
+            object.__setattr__(self, "step_process", kinds)
         starts = np.asarray(self.starts, dtype=np.float64)
         if starts.ndim != 1 or starts.size == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0):
             raise BurstGPTError("schedule steps must start at 0 and increase")
@@ -145,18 +158,33 @@ class ParamSchedule:
         return int(self.starts.size)
 
     def mean_gap_s(self, alpha: np.ndarray | None = None, beta_s: np.ndarray | None = None) -> np.ndarray:
-        """Mean gap of each step (or of the given shapes and scales), seconds; NaN/inf propagate."""
-        alpha = self.alpha if alpha is None else alpha
+        """Mean gap of each step (or of the given shapes and scales, one per step), seconds; NaN/inf propagate."""
+        alpha = np.asarray(self.alpha if alpha is None else alpha, dtype=np.float64)
         beta_s = self.beta_s if beta_s is None else beta_s
-        with np.errstate(invalid="ignore"):
-            return get_process(self.process).unit_mean(np.asarray(alpha, dtype=np.float64)) * np.asarray(beta_s)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.step_process is None:
+                return get_process(self.process).unit_mean(alpha) * np.asarray(beta_s)
+            unit_mean = np.empty(alpha.shape)
+            for kind in np.unique(self.step_process):
+                mask = self.step_process == kind
+                unit_mean[mask] = get_process(str(kind)).unit_mean(alpha[mask])
+            return unit_mean * np.asarray(beta_s)
+
+    def step_processes(self) -> list:
+        """The process of each step (K,), a list of `RenewalProcess` (one lookup per step: for per-step loops)."""
+        if self.step_process is None:
+            return [get_process(self.process)] * self.num_steps
+        by_kind = {kind: get_process(str(kind)) for kind in np.unique(self.step_process)}
+        return [by_kind[kind] for kind in self.step_process]
 
     def to_frame(self) -> pl.DataFrame:
-        """Columns start (seconds or requests), alpha, beta_s, mean_rate_rps (1 / mean gap)."""
+        """Columns start (seconds or requests), alpha, beta_s, mean_rate_rps (1 / mean gap), process."""
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = np.where(_positive_rate(self.alpha, self.beta_s), 1.0 / self.mean_gap_s(), 0.0)
+        process = self.step_process if self.step_process is not None else np.full(self.num_steps, self.process)
         return pl.DataFrame(
-            {"start": self.starts, "alpha": self.alpha, "beta_s": self.beta_s, "mean_rate_rps": rate}
+            {"start": self.starts, "alpha": self.alpha, "beta_s": self.beta_s, "mean_rate_rps": rate,
+             "process": process.astype(str)}
         )
 
     def _locate(self, position: float) -> tuple[int, float]:
@@ -240,9 +268,15 @@ def scheduled_arrivals(
     *,
     num_requests: int | None = None,
     duration_s: float | None = None,
+    stationary_start: bool = False,
 ) -> np.ndarray:
-    """Arrivals of the time-varying Gamma renewal process of `schedule`, bounded by `num_requests` and/or
-    `duration_s` (arrivals strictly before it). At least one bound is required."""
+    """Arrivals of the time-varying renewal process of `schedule`, bounded by `num_requests` and/or
+    `duration_s` (arrivals strictly before it). At least one bound is required.
+
+    The process starts with an arrival at time 0 (at the first live window of a seconds schedule), unless
+    `stationary_start` (seconds schedules only): then it starts in equilibrium, its first arrival after a
+    forward-recurrence time (a length-biased gap times a uniform), as if it had been running before 0. Composed
+    streams (ServeGen clients) need this, or every stream would add a request at the same instant."""
     if num_requests is None and duration_s is None:
         raise BurstGPTError("give a number of requests or a duration")
     if num_requests is not None and num_requests < 0:
@@ -250,9 +284,11 @@ def scheduled_arrivals(
     if duration_s is not None and not duration_s > 0:
         raise BurstGPTError(f"duration must be positive, got {duration_s}")
     if schedule.unit == "requests":
+        if stationary_start:
+            raise BurstGPTError("a stationary start needs a seconds schedule")
         arrivals = _request_indexed_arrivals(schedule, rng, num_requests, duration_s)
     else:
-        arrivals = _time_indexed_arrivals(schedule, rng, num_requests, duration_s)
+        arrivals = _time_indexed_arrivals(schedule, rng, num_requests, duration_s, stationary_start)
     if duration_s is not None:
         arrivals = arrivals[: np.searchsorted(arrivals, duration_s, side="left")]
     if num_requests is not None:
@@ -284,7 +320,6 @@ def _request_chunk(
     *, first: bool,
 ) -> np.ndarray:
     count = stop_index - first_index
-    process = get_process(schedule.process)
     gaps = np.empty(count)
     # Position in `gaps` of each step's first request (request indices are integers, steps start at starts[k]).
     bounds = np.clip(np.append(np.ceil(schedule.starts) - first_index, count), 0, count).astype(np.int64)
@@ -294,21 +329,29 @@ def _request_chunk(
         if schedule.after_end == "cycle":
             index = np.mod(index, schedule.end)
         step = np.searchsorted(schedule.starts, index, side="right") - 1
-        gaps[:] = process.unit_gaps(schedule.alpha[step], rng, count)
+        if schedule.step_process is None:
+            gaps[:] = get_process(schedule.process).unit_gaps(schedule.alpha[step], rng, count)
+        else:  # one draw per family present
+            kinds = schedule.step_process[step]
+            for kind in np.unique(kinds):
+                mask = kinds == kind
+                gaps[mask] = get_process(str(kind)).unit_gaps(schedule.alpha[step[mask]], rng, int(mask.sum()))
         gaps *= schedule.beta_s[step]
     else:
         # Requests are contiguous per step: draw each step's gaps with a scalar shape (numpy's per-element
         # shape path is ~8x slower). The loop is over schedule steps (>= 32 requests each), not requests.
+        processes = schedule.step_processes()
         for k in steps_used:
             lo, hi = bounds[k], bounds[k + 1]
-            gaps[lo:hi] = process.unit_gaps(float(schedule.alpha[k]), rng, int(hi - lo))
+            gaps[lo:hi] = processes[k].unit_gaps(float(schedule.alpha[k]), rng, int(hi - lo))
             gaps[lo:hi] *= schedule.beta_s[k]
     times = clock + np.cumsum(gaps)
     return np.concatenate([[0.0], times]) if first else times
 
 
 def _time_indexed_arrivals(
-    schedule: ParamSchedule, rng: np.random.Generator, num_requests: int | None, duration_s: float | None
+    schedule: ParamSchedule, rng: np.random.Generator, num_requests: int | None, duration_s: float | None,
+    stationary_start: bool = False,
 ) -> np.ndarray:
     """Time-rescaled renewal process. Operational time u = Lambda(t), the integral of the schedule's rate
     1/(mean gap), runs at rate 1; in it gaps have shape alpha_k and mean 1 (Gamma(alpha_k, 1/alpha_k)) with the alpha of the
@@ -320,16 +363,17 @@ def _time_indexed_arrivals(
     live = clock.rates > 0
     op_starts = clock.op_edges[:-1][live]
     alpha = schedule.alpha[live]
-    unit_mean = get_process(schedule.process).unit_mean(alpha)
+    unit_mean = schedule.mean_gap_s(schedule.alpha, np.ones(schedule.num_steps))[live]
     operational = ParamSchedule(  # mean gap 1 in operational time
         op_starts - op_starts[0], alpha, 1.0 / unit_mean, "seconds", clock.op_edges[-1] - op_starts[0],
         schedule.after_end if schedule.after_end == "cycle" else "hold", schedule.process,
+        None if schedule.step_process is None else schedule.step_process[live],
     )
     op_duration = None if duration_s is None else clock.forward(duration_s) - op_starts[0]
     if schedule.after_end == "hold" and not clock.rates[-1] > 0:
         # Silent for ever after the last live window: nothing can arrive past its operational end.
         op_duration = operational.end if op_duration is None else min(op_duration, operational.end)
-    op_arrivals = _renewal_walk(operational, rng, num_requests, op_duration)
+    op_arrivals = _renewal_walk(operational, rng, num_requests, op_duration, stationary_start)
     return clock.inverse(op_arrivals + op_starts[0])
 
 
@@ -370,22 +414,29 @@ class _Clock:
             within = np.where(rate > 0, (u - self.op_edges[k]) / rate, 0.0)
         t = s.starts[k] + within
         if np.any(beyond):
-            t = np.where(beyond, s.end + (u - total) / self.rates[-1], t)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(beyond, s.end + (u - total) / self.rates[-1], t)
         return cycles * s.end + t
 
 
 def _renewal_walk(
-    schedule: ParamSchedule, rng: np.random.Generator, num_requests: int | None, duration_s: float | None
+    schedule: ParamSchedule, rng: np.random.Generator, num_requests: int | None, duration_s: float | None,
+    stationary_start: bool = False,
 ) -> np.ndarray:
     """Renewal process whose gap takes the parameters of the window where it starts; every window live.
     Window by window: draw a batch of gaps, keep the arrivals up to and including the first past the window's
-    end, continue from there. The loop is over windows, not requests. Starts with an arrival at 0."""
-    parts: list[np.ndarray] = [np.zeros(1)]
-    produced, clock = 1, 0.0
+    end, continue from there. The loop is over windows, not requests. Starts with an arrival at 0, or with
+    `stationary_start` after a forward-recurrence time of the first window's process."""
+    processes = schedule.step_processes() if schedule.step_process is not None else None
     process = get_process(schedule.process)
+    clock = _forward_recurrence(schedule, processes, rng) if stationary_start else 0.0
+    parts: list[np.ndarray] = [np.array([clock])]
+    produced = 1
     mean_gaps = schedule.mean_gap_s()
     while (num_requests is None or produced < num_requests) and (duration_s is None or clock < duration_s):
         k, window_end = schedule._locate(clock)
+        if processes is not None:
+            process = processes[k]
         alpha, beta_s = float(schedule.alpha[k]), float(schedule.beta_s[k])
         horizon = min(window_end, duration_s if duration_s is not None else np.inf)
         expected = (horizon - clock) / float(mean_gaps[k]) if np.isfinite(horizon) else np.inf
@@ -400,6 +451,20 @@ def _renewal_walk(
     return np.concatenate(parts)
 
 
+#: Gaps drawn to pick the length-biased gap of a stationary start.
+FORWARD_RECURRENCE_SAMPLE = 4096
+
+
+def _forward_recurrence(schedule: ParamSchedule, processes: list | None, rng: np.random.Generator) -> float:
+    """Time to the first arrival of a renewal process in equilibrium, with the first step's gaps: a gap picked
+    with probability proportional to its length (from FORWARD_RECURRENCE_SAMPLE draws) times a uniform."""
+    process = processes[0] if processes is not None else get_process(schedule.process)
+    gaps = process.unit_gaps(float(schedule.alpha[0]), rng, FORWARD_RECURRENCE_SAMPLE) * float(schedule.beta_s[0])
+    total = gaps.sum()
+    picked = gaps[rng.choice(gaps.size, p=gaps / total)] if total > 0 else 0.0
+    return float(picked * rng.uniform())
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Mirroring a trace's per-window parameters
 
@@ -411,6 +476,7 @@ def mirror_schedule(
     time_compression: float = 1.0,
     fallback_alpha: float = 1.0,
     after_end: Literal["hold", "cycle"] = "cycle",
+    process: str = "gamma",
 ) -> ParamSchedule:
     """A seconds schedule replaying a trace's per-window Gamma fits at a target mean rate.
 
@@ -421,6 +487,9 @@ def mirror_schedule(
     by one common factor, so the mean rate over the schedule is `target_rate_rps` and the windows keep their
     relative rates. This is the fitted beta times a common factor, up to the window-edge effect of the fit.
     Windows with no arrival are silent. `time_compression` > 1 shortens every window by that factor.
+
+    `process` (a kind of `burstgpt.workload.processes`) draws every window's gaps from that family instead,
+    keeping each window's rate and its fitted CV 1/sqrt(alpha) (the shape comes from `shape_for_cv`).
     """
     _check_rate(target_rate_rps)
     if not time_compression > 0:
@@ -439,10 +508,12 @@ def mirror_schedule(
         raise BurstGPTError("the trace has no arrivals in the mirrored windows")
     scale = target_rate_rps * lengths.sum() / counts.sum()  # common factor on every window's rate
     window_rate = counts / lengths * scale
+    renewal = get_process(process)
+    shape = alpha if process == "gamma" else renewal.shape_for_cv(1.0 / np.sqrt(alpha))
     with np.errstate(divide="ignore"):
-        beta_s = np.where(window_rate > 0, 1.0 / (alpha * window_rate), np.inf)
+        beta_s = np.where(window_rate > 0, 1.0 / (renewal.unit_mean(shape) * window_rate), np.inf)
     new_starts = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
-    return ParamSchedule(new_starts, alpha, beta_s, "seconds", float(lengths.sum()), after_end)
+    return ParamSchedule(new_starts, shape, beta_s, "seconds", float(lengths.sum()), after_end, process)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -61,12 +61,47 @@ def workload_stats(frame: pl.DataFrame) -> dict[str, object]:
     services = frame["service"].drop_nulls().value_counts(sort=True)
     if services.height:
         stats["services"] = ", ".join(f"{s}={c}" for s, c in services.iter_rows())
+    if "client_id" in frame.columns and frame["client_id"].is_not_null().any():
+        stats["clients"] = int(frame["client_id"].n_unique() - int(frame["client_id"].is_null().any()))
     return stats
 
 
+def client_mix(frame: pl.DataFrame) -> pl.DataFrame:
+    """The per-client mix of a workload with a `client_id` column (empty without one), most requests first:
+    client_id, requests, share (of all requests), rate_rps (requests / the workload's span), gap_cv (sample
+    CV of the client's inter-arrival gaps; biased low for heavy-tailed gaps), mean_input_tokens,
+    mean_output_tokens (null where left to the model)."""
+    if "client_id" not in frame.columns or frame.height == 0 or frame["client_id"].is_null().all():
+        return pl.DataFrame()
+    span = float(frame["arrival_s"].max() - frame["arrival_s"].min())
+    gap = pl.col("arrival_s").diff().over("client_id")
+    return (
+        frame.filter(pl.col("client_id").is_not_null())
+        .with_columns(gap.alias("gap_s"))
+        .group_by("client_id")
+        .agg(
+            pl.len().alias("requests"),
+            (pl.col("gap_s").std() / pl.col("gap_s").mean()).alias("gap_cv"),
+            pl.col("input_tokens").mean().alias("mean_input_tokens"),
+            pl.col("output_tokens").mean().alias("mean_output_tokens"),
+        )
+        .with_columns(
+            (pl.col("requests") / frame.height).alias("share"),
+            (pl.col("requests") / span if span > 0 else pl.lit(None, pl.Float64)).alias("rate_rps"),
+        )
+        .select("client_id", "requests", "share", "rate_rps", "gap_cv", "mean_input_tokens", "mean_output_tokens")
+        .sort(["requests", "client_id"], descending=[True, False])
+    )
+
+
+#: Clients drawn separately in clients.png; the rest are stacked as one "other" band.
+MAX_PLOTTED_CLIENTS = 10
+
+
 def plot_workload(frame: pl.DataFrame, out_dir: str | Path, window_s: float | None = None) -> list[Path]:
-    """Write rate.png (requests/s per window over time), gamma_params.png (per-window fitted alpha and beta)
-    and lengths.png (histograms of input and intended output tokens) into `out_dir`. Returns the paths."""
+    """Write rate.png (requests/s per window over time), gamma_params.png (per-window fitted alpha and beta),
+    lengths.png (histograms of input and intended output tokens) and, for a workload with clients, clients.png
+    (requests/s of each client per window, stacked) into `out_dir`. Returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,7 +118,8 @@ def plot_workload(frame: pl.DataFrame, out_dir: str | Path, window_s: float | No
     counts = np.bincount(np.floor((arrivals - arrivals[0]) / window).astype(np.int64))
     starts = arrivals[0] + np.arange(counts.size) * window
     fig, ax = plt.subplots(figsize=(9, 3.5))
-    ax.step(starts, counts / window, where="post")
+    # The last window's end closes its step (a step plot ends at its last x otherwise).
+    ax.step(np.append(starts, starts[-1] + window), np.append(counts, counts[-1]) / window, where="post")
     ax.set_xlabel("time (s)")
     ax.set_ylabel(f"requests/s ({window:.4g} s windows)")
     ax.set_title("Instantaneous arrival rate")
@@ -122,7 +158,37 @@ def plot_workload(frame: pl.DataFrame, out_dir: str | Path, window_s: float | No
         axes[1].text(0.5, 0.5, "left to the model", ha="center", va="center", transform=axes[1].transAxes)
         axes[1].set_axis_off()
     written.append(_save(fig, out_dir / "lengths.png"))
+    mix = client_mix(frame)
+    if mix.height:
+        written.append(plot_client_rates(frame, mix, out_dir / "clients.png", window))
     return written
+
+
+def plot_client_rates(frame: pl.DataFrame, mix: pl.DataFrame, path: Path, window_s: float) -> Path:
+    """Stacked requests/s of each client per `window_s` window over time (the MAX_PLOTTED_CLIENTS busiest
+    clients, then the rest as one band)."""
+    import matplotlib.pyplot as plt
+
+    names = mix["client_id"].to_list()
+    shown = names[:MAX_PLOTTED_CLIENTS]
+    band = {name: i for i, name in enumerate(shown)}
+    labels = shown + (["other clients"] if len(names) > len(shown) else [])
+    clients = frame.filter(pl.col("client_id").is_not_null())
+    codes = clients["client_id"].replace_strict(band, default=len(shown), return_dtype=pl.Int64).to_numpy()
+    arrivals = clients["arrival_s"].to_numpy()
+    # Windows from the workload's start (time 0), so they line up with recorded windows (ServeGen's 600 s).
+    windows = np.floor(arrivals / window_s).astype(np.int64)
+    num_windows = int(windows.max()) + 1
+    counts = np.bincount(codes * num_windows + windows, minlength=len(labels) * num_windows)
+    rates = counts.reshape(len(labels), num_windows) / window_s
+    edges = np.arange(num_windows + 1) * window_s
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    ax.stackplot(edges, np.column_stack([rates, rates[:, -1]]), labels=labels, step="post")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel(f"requests/s ({window_s:.4g} s windows)")
+    ax.set_title(f"Arrival rate per client ({len(names)} clients)")
+    ax.legend(loc="upper left", fontsize=7, ncol=2 if len(labels) > 5 else 1, framealpha=0.8)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

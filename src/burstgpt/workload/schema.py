@@ -12,7 +12,20 @@
 | prompt            | Utf8    | prompt text, nullable (then the client synthesises one of input_tokens tokens)   |
 | model             | Utf8    | model name to request, nullable (the client's --model then applies)              |
 | service           | Utf8    | `conversation` or `api`, nullable                                                |
-| session_id        | Utf8    | nullable                                                                         |
+| session_id        | Utf8    | conversation session, nullable                                                   |
+| prefix_block_ids  | List    | List(Int64), nullable: ids of the prompt's leading blocks of prefix_block_size   |
+|                   |         | tokens; equal ids = identical text (the client makes it; the last id may cover   |
+|                   |         | a partial block); the rest of the prompt is the request's own text              |
+| prefix_block_size | Int64   | tokens per prefix block id (512 for Mooncake), null where there are no ids       |
+| turn              | Int64   | 0-based turn within session_id, nullable; a later turn is sent only after the    |
+|                   |         | previous turn of its session has ended (`burstgpt.client.runner`)               |
+| think_time_s      | Float64 | nullable: seconds between the end of the previous turn and this turn's send;    |
+|                   |         | null for a later turn: sent at max(previous end, arrival_s)                      |
+| client_id         | Utf8    | the client a request comes from, nullable (a ServeGen pool: the client's file    |
+|                   |         | path, e.g. `language/m-large/chunk-0`); `workload inspect` shows the client mix  |
+
+A later turn's `arrival_s` is the earliest it could be sent (generated sessions: the previous turn's arrival
+plus the think time; replay: the recorded time); the simulator and open-loop consumers use it as is.
 
 `validate_workload` is the one check every consumer (`bench`, `simulate`, `serve-sim`, the Python API) runs
 before using a workload: a NaN or decreasing arrival would make a scheduler wait forever.
@@ -39,6 +52,9 @@ WORKLOAD_SCHEMA: dict[str, pl.DataType] = {
     "session_id": pl.Utf8(),
     "prefix_block_ids": pl.List(pl.Int64()),
     "prefix_block_size": pl.Int64(),
+    "turn": pl.Int64(),
+    "think_time_s": pl.Float64(),
+    "client_id": pl.Utf8(),
 }
 
 #: Longest plausible arrival time, seconds (about 31.7 years): anything beyond is a unit or data error.
@@ -58,7 +74,8 @@ def validate_workload(frame: pl.DataFrame, source: str | Path = "workload") -> p
     """Check a workload and return it conformed to the schema; raise `InputError` naming `source`, the 1-based row and the
     column for the first bad value: arrival_s missing, non-finite, negative, over MAX_ARRIVAL_S or
     decreasing; input_tokens missing, negative or over MAX_TOKENS; output/max_output tokens negative or over
-    MAX_TOKENS; prefix block ids negative, without a size, or covering more than the prompt."""
+    MAX_TOKENS; prefix block ids negative, without a size, or covering more than the prompt; turn negative;
+    think_time_s non-finite or negative."""
     if list(frame.schema.items()) != list(WORKLOAD_SCHEMA.items()):
         frame = conform_workload(frame)
     arrival = frame["arrival_s"]
@@ -74,6 +91,12 @@ def validate_workload(frame: pl.DataFrame, source: str | Path = "workload") -> p
         checks.append((name, frame[name] > MAX_TOKENS, f"over {MAX_TOKENS:,} tokens: not a plausible length"))
     for name in ("output_tokens", "max_output_tokens"):
         checks.append((name, frame[name] < 0, "negative token count"))
+    think = frame["think_time_s"]
+    checks += [
+        ("turn", frame["turn"] < 0, "negative turn"),
+        ("think_time_s", think.is_not_null() & (~think.is_finite() | (think < 0) | (think > MAX_ARRIVAL_S)),
+         "think time must be a finite number of seconds >= 0"),
+    ]
     ids, size = frame["prefix_block_ids"], frame["prefix_block_size"]
     if ids.null_count() < frame.height:
         has_ids = ids.list.len().fill_null(0) > 0

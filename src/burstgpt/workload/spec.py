@@ -11,7 +11,9 @@ Arrivals come from one of three sources:
   alpha and linear beta, other shapes, or a table) changing every N requests or T seconds;
 - `MirroredArrivals`: a trace's per-window burstiness (a params file from `workload fit`, or a trace fitted on
   the fly) mirrored to a target mean rate;
-- `ReplayedTrace`: a trace's own timestamps replayed `scale` times faster.
+- `ReplayedTrace`: a trace's own timestamps replayed `scale` times faster;
+- `ServeGenClients`: a pool of ServeGen clients (`burstgpt.workload.servegen`), each with its own arrivals and
+  length distributions, at their recorded rates or scaled to a target or a rate function.
 
 Request lengths are Zipf (`RequestLengths`); response lengths follow a mode of `burstgpt.workload.responses`;
 prompts optionally come from a prompt source (`Prompts`). One `seed` gives independent streams for arrivals,
@@ -49,9 +51,19 @@ from burstgpt.workload.arrivals import (
 from burstgpt.workload.generate import assemble_workload, attach_prompts, seed_streams, select_replay
 from burstgpt.workload.lengths import EmpiricalResponses, ZipfLengths
 from burstgpt.workload.params import WorkloadParams, fit_workload_params, read_params
+from burstgpt.workload.prefixes import PrefixSharing, apply_prefix_sharing
 from burstgpt.workload.processes import get_process
 from burstgpt.workload.responses import ResponseSpec
 from burstgpt.workload.schema import validate_workload
+from burstgpt.workload.servegen import (
+    ClientFilters,
+    compose_pool,
+    filter_clients,
+    load_pool,
+    pool_span,
+    read_rate_function,
+)
+from burstgpt.workload.sessions import turn_columns
 
 DEFAULT_THETA = 1.1  # the paper's Table III
 DEFAULT_MIN_INPUT = 16
@@ -91,7 +103,8 @@ class MirroredArrivals:
     """A trace's per-window Gamma burstiness mirrored to `target_rate_rps` (default: the trace's own rate x
     `time_scale`). Give `params` (a `workload fit` file, or `WorkloadParams`) or `trace` (fitted here with
     windows of `fit_window_s`, keeping `models` / `services`). `time_scale` K compresses the trace's clock K
-    times. Without num_requests or duration, one pass over the trace's windows."""
+    times. Without num_requests or duration, one pass over the trace's windows. `process` (gamma, weibull, ...)
+    is the family of every window's gaps; each window keeps its rate and fitted CV."""
 
     params: str | None = None
     trace: str | None = None
@@ -100,6 +113,7 @@ class MirroredArrivals:
     fit_window_s: float = 1200.0
     models: tuple[str, ...] | None = None
     services: tuple[str, ...] | None = None
+    process: str = "gamma"  # the family each window's gaps are drawn from, keeping its rate and CV
     fitted: WorkloadParams | None = field(default=None, compare=False, repr=False)
     kind: Literal["mirrored"] = "mirrored"
 
@@ -117,6 +131,25 @@ class ReplayedTrace:
     services: tuple[str, ...] | None = None
     skip_quiet_start: bool = False
     kind: Literal["replay"] = "replay"
+
+
+@dataclass(frozen=True)
+class ServeGenClients:
+    """A pool of ServeGen clients read from `directory` (`burstgpt.workload.servegen`): the clients whose names
+    match `clients` (names or globs, e.g. "language/m-small/*"; None = all) and pass `filters` (mean rate,
+    requests/s; CV; mean input tokens, over the span), from second `start_s` of ServeGen's clock for the
+    workload's `duration_s` (default: to the end of the records). Without `target_rate_rps` or `rate_fn` the
+    clients keep their recorded rates; `target_rate_rps` scales all by one factor so the aggregate mean over the
+    span is that; `rate_fn`, a CSV with columns time_s (from the workload's start) and rate_rps, gives the
+    aggregate rate over time. Lengths come from each client's distributions; responses default to them."""
+
+    directory: str
+    clients: tuple[str, ...] | None = None
+    start_s: float = 0.0
+    target_rate_rps: float | None = None
+    rate_fn: str | None = None
+    filters: ClientFilters = field(default_factory=ClientFilters)
+    kind: Literal["servegen"] = "servegen"
 
 
 @dataclass(frozen=True)
@@ -150,8 +183,9 @@ class Prompts:
     buffer: int = 10_000
 
 
-ArrivalSource = ScheduledArrivals | MirroredArrivals | ReplayedTrace
-_SOURCES: dict[str, type] = {"scheduled": ScheduledArrivals, "mirrored": MirroredArrivals, "replay": ReplayedTrace}
+ArrivalSource = ScheduledArrivals | MirroredArrivals | ReplayedTrace | ServeGenClients
+_SOURCES: dict[str, type] = {"scheduled": ScheduledArrivals, "mirrored": MirroredArrivals, "replay": ReplayedTrace,
+                             "servegen": ServeGenClients}
 
 
 @dataclass(frozen=True)
@@ -164,6 +198,7 @@ class WorkloadSpec:
     lengths: RequestLengths = field(default_factory=RequestLengths)
     responses: Responses = field(default_factory=Responses)
     prompts: Prompts | None = None
+    prefixes: PrefixSharing | None = None  # shared system prompts, multi-turn sessions (`workload.prefixes`)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,15 +217,19 @@ class WorkloadSpec:
             for name in ("alpha", "beta_s", "rate_rps"):
                 if isinstance(arrivals.get(name), list):
                     arrivals[name] = tuple(arrivals[name])
-            for name in ("models", "services"):
+            for name in ("models", "services", "clients"):
                 if isinstance(arrivals.get(name), list):
                     arrivals[name] = tuple(arrivals[name])
+            if isinstance(arrivals.get("filters"), dict):
+                arrivals["filters"] = ClientFilters(**arrivals["filters"])
             prompts = data.pop("prompts", None)
+            prefixes = data.pop("prefixes", None)
             return cls(
                 arrivals=source(**arrivals),
                 lengths=RequestLengths(**(data.pop("lengths", None) or {})),
                 responses=Responses(**(data.pop("responses", None) or {})),
                 prompts=Prompts(**prompts) if prompts else None,
+                prefixes=PrefixSharing.from_dict(prefixes) if prefixes else None,
                 **data,
             )
         except (KeyError, TypeError) as exc:
@@ -215,7 +254,7 @@ def build_workload(
     streams = seed_streams(spec.seed)
     cap = spec.responses.max_output_tokens or None
     source = spec.arrivals
-    trace_responses = session = service = prefix_ids = None
+    trace_responses = session = service = prefix_ids = client_id = None
     prefix_size: int | None = None
     params: WorkloadParams | None = None
 
@@ -243,6 +282,12 @@ def build_workload(
             spec.responses, cap, default="trace",
             empirical=lambda: EmpiricalResponses.fit(kept["request_tokens"].to_numpy(), trace_responses),
         )
+    elif isinstance(source, ServeGenClients):
+        with status(f"reading ServeGen clients from {source.directory}"):
+            pool = _servegen_pool(spec, source, notes)
+        arrival_s, input_tokens, trace_responses, client_id = (
+            pool.arrival_s, pool.input_tokens, pool.output_tokens, pool.client_id)
+        response = _response_spec(spec.responses, cap, default="trace", empirical=lambda: None)
     else:
         if isinstance(source, MirroredArrivals):
             params = _mirror_params(source, status)
@@ -270,8 +315,15 @@ def build_workload(
         arrival_s, input_tokens, output_tokens=output_tokens, max_output_tokens=cap,
         service=service, session_id=session, prefix_block_ids=prefix_ids, prefix_block_size=prefix_size,
     )
+    if client_id is not None:  # a ServeGen pool: which client sent each request
+        frame = frame.with_columns(client_id)
     if spec.prompts is not None:
         frame = _attach_prompts(frame, spec.prompts, input_tokens, streams.prompts, notes, status)
+    if isinstance(source, ReplayedTrace):  # recorded sessions: turn order and think times
+        frame = frame.with_columns(turn_columns(kept, source.scale))
+    if spec.prefixes is not None:
+        frame = apply_prefix_sharing(frame, spec.prefixes, seed=spec.seed, duration_s=spec.duration_s,
+                                     replay=isinstance(source, ReplayedTrace), notes=notes, status=status)
     return validate_workload(frame)
 
 
@@ -331,7 +383,8 @@ def _mirrored_arrivals(
         raise BurstGPTError(f"--time-scale must be positive, got {source.time_scale}")
     target = source.target_rate_rps if source.target_rate_rps is not None else params.mean_rate_rps * source.time_scale
     schedule = mirror_schedule(
-        params.windows, target, time_compression=source.time_scale, fallback_alpha=params.overall_alpha
+        params.windows, target, time_compression=source.time_scale, fallback_alpha=params.overall_alpha,
+        process=source.process,
     )
     duration = spec.duration_s
     if duration is None and spec.num_requests is None:
@@ -344,6 +397,22 @@ def _mirrored_arrivals(
             "the mean over the whole trace, so this slice keeps its own, different rate"
         )
     return scheduled_arrivals(schedule, rng, num_requests=spec.num_requests, duration_s=duration)
+
+
+def _servegen_pool(spec: WorkloadSpec, source: ServeGenClients, notes: list[str]):
+    """The composed ServeGen pool of `source` over the workload's span (`burstgpt.workload.servegen`)."""
+    if source.target_rate_rps is not None and source.rate_fn is not None:
+        raise BurstGPTError("give --target-rate or --rate-fn, not both")
+    clients = load_pool(source.directory, source.clients)
+    start, end = pool_span(clients, source.start_s, spec.duration_s)
+    clients = filter_clients(clients, source.filters, start, end)
+    pool = compose_pool(
+        clients, start_s=start, duration_s=spec.duration_s, target_rate_rps=source.target_rate_rps,
+        rate_fn=read_rate_function(source.rate_fn) if source.rate_fn else None, num_requests=spec.num_requests,
+        seed=spec.seed,
+    )
+    notes.extend(pool.notes)
+    return pool
 
 
 def _as_range(value: Range | None, name: str) -> tuple[float, float] | None:

@@ -4,7 +4,8 @@
 A process draws gaps between consecutive requests from a two-parameter family: a shape (`alpha`, unitless) and
 a scale (`beta_s`, seconds). Every family is given by its unit-scale gap distribution, so a gap is
 `unit_gap(shape) * beta_s` and the mean gap is `unit_mean(shape) * beta_s`. The schedules in
-`burstgpt.workload.arrivals` work for any family through these two functions.
+`burstgpt.workload.arrivals` work for any family through these two functions; `cv` and its inverse
+`shape_for_cv` let a window recorded as (rate, CV) be drawn from any family (mirrored traces, ServeGen).
 
 | kind     | gaps                              | mean gap                     | CV                        |
 |----------|-----------------------------------|------------------------------|---------------------------|
@@ -38,6 +39,9 @@ class RenewalProcess(Protocol):
 
     def cv(self, shape: np.ndarray) -> np.ndarray:
         """Coefficient of variation of the gaps for each shape."""
+
+    def shape_for_cv(self, cv: np.ndarray) -> np.ndarray:
+        """The shape whose gaps have each CV (inverse of `cv`; processes with a fixed CV return their shape)."""
 
 
 _REGISTRY: dict[str, RenewalProcess] = {}

@@ -20,5 +20,8 @@ class ConstantProcess:
     def cv(self, shape: np.ndarray) -> np.ndarray:
         return np.zeros_like(np.asarray(shape, dtype=np.float64))
 
+    def shape_for_cv(self, cv: np.ndarray) -> np.ndarray:
+        return np.ones_like(np.asarray(cv, dtype=np.float64))  # CV is always 0
+
 
 register(ConstantProcess())

@@ -20,10 +20,16 @@ class GammaProcess:
     def cv(self, shape: np.ndarray) -> np.ndarray:
         return 1.0 / np.sqrt(np.asarray(shape, dtype=np.float64))
 
+    def shape_for_cv(self, cv: np.ndarray) -> np.ndarray:
+        return 1.0 / np.asarray(cv, dtype=np.float64) ** 2
+
 
 class PoissonProcess(GammaProcess):
     kind = "poisson"
     fixed_shape = 1.0
+
+    def shape_for_cv(self, cv: np.ndarray) -> np.ndarray:
+        return np.ones_like(np.asarray(cv, dtype=np.float64))  # CV is always 1
 
 
 register(GammaProcess())
