@@ -83,14 +83,15 @@ def run_cli(*args: str) -> None:
 # ---------------------------------------------------------------------------------------------- workloads
 
 
-def gamma_workload(alpha: float, rate: float, duration_s: float, tokenizer: str, seed: int) -> pl.DataFrame:
+def gamma_workload(alpha: float, rate: float, duration_s: float, tokenizer: str, seed: int, *,
+                   min_input: int = 16, max_input: int = 600, output_tokens: int = 120) -> pl.DataFrame:
     from burstgpt.workload import (Prompts, RequestLengths, Responses, ScheduledArrivals, WorkloadSpec,
                                    build_workload)
 
     spec = WorkloadSpec(ScheduledArrivals(alpha=alpha, rate_rps=rate), duration_s=duration_s,
-                        lengths=RequestLengths(min_input_tokens=16, max_input_tokens=600),
-                        responses=Responses("fixed", output_tokens=120), prompts=Prompts("synthetic", tokenizer=tokenizer),
-                        seed=seed)
+                        lengths=RequestLengths(min_input_tokens=min_input, max_input_tokens=max_input),
+                        responses=Responses("fixed", output_tokens=output_tokens),
+                        prompts=Prompts("synthetic", tokenizer=tokenizer), seed=seed)
     return build_workload(spec)
 
 
@@ -160,7 +161,8 @@ def simulate_like(run_dir: Path, model_file: Path, max_num_seqs: int) -> tuple[p
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vllm-python", required=True, help="python of the vLLM CPU virtualenv")
+    parser.add_argument("--vllm-python", help="python of the vLLM CPU virtualenv (to start the server)")
+    parser.add_argument("--url", help="use this running server (started as above) instead of starting one")
     parser.add_argument("--model-dir", required=True, type=Path, help="tiny model directory (make_tiny_model.py)")
     parser.add_argument("--out", type=Path, default=Path("fidelity-out"))
     parser.add_argument("--port", type=int, default=8011)
@@ -175,9 +177,11 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = str(args.model_dir / "tokenizer.json")
-    url = f"http://127.0.0.1:{args.port}"
-    server = start_vllm(args.vllm_python, args.model_dir, args.port, args.blocks, args.max_num_seqs,
-                        out / "vllm.log")
+    url = args.url or f"http://127.0.0.1:{args.port}"
+    if not (args.url or args.vllm_python):
+        parser.error("give --vllm-python (to start the server) or --url (a running one)")
+    server = None if args.url else start_vllm(args.vllm_python, args.model_dir, args.port, args.blocks,
+                                              args.max_num_seqs, out / "vllm.log")
     try:
         model_file = out / "model.json"
         if args.profile:
@@ -190,6 +194,10 @@ def main() -> None:
         workloads = {f"gamma alpha {a:g}": gamma_workload(a, args.rate, args.duration, tokenizer, args.seed)
                      for a in (0.25, 1.0, 4.0)}
         workloads["shared prefix"] = shared_prefix_workload(args.rate, args.duration, tokenizer, block, args.seed)
+        # Bursts that overflow the 64-block cache: long prompts and answers at twice the rate, so the engine
+        # preempts (the paper's failure mode) and the comparison covers preemptions and a full cache.
+        workloads["overload alpha 0.25"] = gamma_workload(0.25, 2 * args.rate, args.duration / 2, tokenizer,
+                                                          args.seed, min_input=200, max_input=900, output_tokens=300)
         rows = []
         from burstgpt.workload import write_workload
 
@@ -211,7 +219,8 @@ def main() -> None:
         if args.record_test_data:
             record_test_data(args.record_test_data, model_file, out / "runs" / "gamma-alpha-1")
     finally:
-        stop(server)
+        if server is not None:
+            stop(server)
 
 
 METRICS = ("ttft_p50_s", "ttft_p90_s", "e2e_p50_s", "e2e_p90_s", "throughput_tokens_per_s", "failed",

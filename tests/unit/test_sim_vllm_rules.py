@@ -115,3 +115,31 @@ def test_simulate_flags_turn_prefix_caching_off_and_set_the_abort_delay(tmp_path
     assert main(["simulate", "-o", str(tmp_path / "bad"), "--rate", "5", "--num-requests", "5",
                  "--abort-delay", "-1"]) == 2
     assert "--abort-delay" in capsys.readouterr().err
+
+
+def test_frontend_delay_adds_to_ttft_and_end_to_end_and_comes_from_the_model_file(tmp_path):
+    import json
+
+    from burstgpt.sim.calibrate import engine_setup_from_model_file, frontend_delay_from_profile
+    from burstgpt.sim.latency import FittedModel, load_latency_model
+
+    latency = LinearLatency(0.01, 1e-4, 1e-3)
+    workload = pl.DataFrame({"arrival_s": [0.0, 5.0], "input_tokens": [100, 50], "output_tokens": [4, 3]})
+    spec = EngineSpec(gpu="H100", model="Llama-2-7B", num_gpu_blocks=300, latency=latency)
+    plain = simulate_workload(workload, build_engine_setup(spec)).records
+    delayed = simulate_workload(workload, build_engine_setup(spec, frontend_delay_s=0.25)).records
+    # Idle engine: every time after the send moves by exactly the delay; the send times stay.
+    assert delayed["scheduled_s"].to_list() == plain["scheduled_s"].to_list()
+    for column in ("first_token_s", "end_s"):
+        assert (delayed[column] - plain[column]).to_list() == pytest.approx([0.25, 0.25])
+    # The client still gives up `timeout` after sending, whatever the delay.
+    slow = build_engine_setup(spec, frontend_delay_s=0.5, timeout_s=1.0, latency=LinearLatency(0.4, 0.0, 0.0))
+    timed_out = simulate_workload(workload.head(1), slow).records
+    assert timed_out["status"].to_list() == ["failed"] and timed_out["end_s"][0] == pytest.approx(1.0)
+    # profile's estimate: the median of client TTFT minus engine prefill; a model file carries it to simulate.
+    prefill = pl.DataFrame({"ttft_s": [0.010, 0.012, 0.020], "engine_prefill_s": [0.005, 0.006, 0.016]})
+    assert frontend_delay_from_profile(prefill) == pytest.approx(0.005)
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(FittedModel(latency, method="profile", frontend_delay_s=0.005).to_dict()))
+    assert load_latency_model(path).frontend_delay_s == 0.005
+    assert engine_setup_from_model_file(path, num_gpu_blocks=300).frontend_delay_s == 0.005

@@ -52,7 +52,7 @@ def run_profile(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
     from burstgpt.client.profile import Profiler, redact_url
-    from burstgpt.sim.calibrate import fit_profile
+    from burstgpt.sim.calibrate import fit_profile, frontend_delay_from_profile
     from burstgpt.workload.tokenizer import load_tokenizer
 
     if not urlsplit(args.url).scheme.startswith("http"):
@@ -86,8 +86,12 @@ def run_profile(args: argparse.Namespace) -> int:
     notes = list(measured.notes)
     if interrupted:
         notes.append("PARTIAL: the profile was interrupted; the fit uses only the points measured")
+    frontend_delay = frontend_delay_from_profile(measured.prefill) if measured.engine_timed else None
+    if frontend_delay is not None:
+        notes.append(f"frontend delay {1e3 * frontend_delay:.3g} ms: the median client TTFT minus the engine's "
+                     "prefill time of the prefill sweep (HTTP, tokenisation; `simulate` adds it to every request)")
     write_model(args.out, fit, method="profile", source=redact_url(args.url), model_name=measured.model_name,
-                engine=measured.settings, notes=notes,
+                engine=measured.settings, notes=notes, frontend_delay_s=frontend_delay,
                 measurements={"prefill": measured.prefill.to_dicts(), "decode": measured.decode.to_dicts()})
     print_fit(fit, title=f"burstgpt profile: {measured.model_name} at {redact_url(args.url)}", notes=notes)
     print(f"latency model written: {args.out}", file=sys.stderr)
@@ -150,7 +154,7 @@ class _ProgressReporter:
 
 
 def write_model(path, fit, *, method: str, source, model_name: str | None, engine: dict, notes: list[str],
-                measurements: dict) -> None:
+                measurements: dict, frontend_delay_s: float | None = None) -> None:
     """Write the fitted model file (`burstgpt.sim.latency.FittedModel`) atomically."""
     from burstgpt.sim.latency import FittedModel
 
@@ -159,7 +163,7 @@ def write_model(path, fit, *, method: str, source, model_name: str | None, engin
     document = FittedModel(
         fit.model, method=method, source=source, model_name=model_name, engine=engine,
         fitted_at_utc=datetime.now(UTC).isoformat(timespec="seconds"), burstgpt_version=__version__,
-        fit=fit.quality, notes=notes, measurements=measurements,
+        fit=fit.quality, notes=notes, measurements=measurements, frontend_delay_s=frontend_delay_s,
     )
     write_json_atomic(path, document.to_dict())
 
@@ -214,6 +218,8 @@ def engine_fields_with_latency_model(args: argparse.Namespace) -> dict:
     from burstgpt.sim.latency import parse_linear_coefficients
 
     fields = {name: getattr(args, name) for name in ENGINE_SETTING_NAMES if getattr(args, name, None) is not None}
+    if getattr(args, "frontend_delay", None) is not None:
+        fields["frontend_delay_s"] = args.frontend_delay
     path = getattr(args, "latency_model", None)
     coefficients = getattr(args, "latency_coefficients", None)
     if path and coefficients:
@@ -225,6 +231,9 @@ def engine_fields_with_latency_model(args: argparse.Namespace) -> dict:
     fitted = load_latency_model(path)
     fields["latency"] = fitted.latency
     taken, kept = [], []
+    if fitted.frontend_delay_s is not None and "frontend_delay_s" not in fields:
+        fields["frontend_delay_s"] = fitted.frontend_delay_s
+        taken.append(f"frontend_delay_s {fitted.frontend_delay_s:.4g}")
     for name, value in fitted.engine_settings().items():
         if name in fields:
             if fields[name] != value:

@@ -63,6 +63,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-model", metavar="FILE", default=None,
                    help="step-time model file from `burstgpt profile` / `calibrate`; the engine settings it "
                    "carries (KV blocks, block size, ...) apply unless given as flags")
+    g.add_argument("--frontend-delay", type=float, default=None, metavar="S",
+                   help="simulate: seconds the server's API frontend adds to every request's TTFT and end-to-end "
+                   "latency (HTTP, tokenisation), beside the engine's steps (default: the --latency-model "
+                   "file's, measured by `profile`, else 0; serve-sim has real HTTP and ignores it)")
     g.add_argument("--compute-efficiency", type=float, default=0.6, help="roofline: fraction of peak FLOP/s (0.6)")
     g.add_argument("--memory-efficiency", type=float, default=0.8, help="roofline: fraction of bandwidth (0.8)")
     g.add_argument("--step-overhead", type=float, default=0.003, help="roofline: fixed seconds per step (0.003)")

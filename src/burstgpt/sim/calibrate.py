@@ -151,6 +151,16 @@ def fit_profile(prefill: pl.DataFrame, decode: pl.DataFrame, *, engine_timed: bo
     return fit_linear(features, seconds, partial=partial)
 
 
+def frontend_delay_from_profile(prefill: pl.DataFrame) -> float | None:
+    """The server's frontend delay (`EngineSpec.frontend_delay_s`), seconds: the median over the prefill sweep's
+    requests of the client's TTFT minus the engine's own prefill time (on an idle server the rest is HTTP and
+    tokenisation, which run beside the engine's steps). None without engine-timed prefills."""
+    if "engine_prefill_s" not in prefill.columns:
+        return None
+    gaps = (prefill["ttft_s"] - prefill["engine_prefill_s"]).drop_nulls()
+    return max(float(gaps.median()), 0.0) if gaps.len() else None
+
+
 def coefficient_table(model: LinearLatency) -> list[tuple[str, float]]:
     """(term, seconds) of every coefficient, in `LINEAR_TERMS` order."""
     return [(name, float(getattr(model, name))) for name in LINEAR_TERMS]
@@ -406,6 +416,8 @@ def engine_setup_from_model_file(path: str | Path, /, **changes) -> EngineSetup:
     its batch limits, so give your server's)."""
     fitted = load_latency_model(path)
     fields: dict = {**fitted.engine_settings(), "latency": fitted.latency}
+    if fitted.frontend_delay_s is not None:
+        fields["frontend_delay_s"] = fitted.frontend_delay_s
     if isinstance(fitted.engine.get("enable_prefix_caching"), bool):
         fields["enable_prefix_caching"] = fitted.engine["enable_prefix_caching"]
     return build_engine_setup(EngineSpec(**{**fields, **changes}))

@@ -422,6 +422,7 @@ class FittedModel:
     fit: FitQuality | None = None
     notes: list[str] = field(default_factory=list)
     measurements: dict = field(default_factory=dict)
+    frontend_delay_s: float | None = None  # EngineSpec.frontend_delay_s as measured (profile), None if unknown
 
     def engine_settings(self) -> dict[str, int]:
         """The settings of `ENGINE_SETTING_NAMES` the file carries, as positive integers (others skipped)."""
@@ -438,7 +439,7 @@ class FittedModel:
             "source": self.source, "model_name": self.model_name, "engine": dict(self.engine),
             "fitted_at_utc": self.fitted_at_utc, "burstgpt_version": self.burstgpt_version,
             "fit": dataclasses.asdict(self.fit) if self.fit is not None else None, "notes": list(self.notes),
-            "measurements": self.measurements,
+            "measurements": self.measurements, "frontend_delay_s": self.frontend_delay_s,
         }
 
     @classmethod
@@ -460,11 +461,14 @@ class FittedModel:
         return cls(latency_from_dict(data.get("latency"), f"{source}: 'latency'"), method=data.get("method"),
                    source=data.get("source"), model_name=data.get("model_name"), engine=engine,
                    fitted_at_utc=data.get("fitted_at_utc"), burstgpt_version=data.get("burstgpt_version"),
-                   fit=quality, notes=list(data.get("notes") or []), measurements=data.get("measurements") or {})
+                   fit=quality, notes=list(data.get("notes") or []), measurements=data.get("measurements") or {},
+                   frontend_delay_s=_non_negative_or_none(data.get("frontend_delay_s"), f"{source}: 'frontend_delay_s'"))
 
     def describe(self) -> str:
         """One line: the model, and what it was fitted on."""
         parts = [self.latency.describe()]
+        if self.frontend_delay_s:
+            parts.append(f"frontend delay {1e3 * self.frontend_delay_s:.3g} ms")
         if self.method:
             on = f"{self.model_name} at {self.source}" if self.model_name else str(self.source)
             parts.append(f"fitted by {self.method} on {on}, {self.fitted_at_utc}")
@@ -472,6 +476,14 @@ class FittedModel:
             parts.append(f"R^2 {self.fit.r2:.3f}, residual p50 {self.fit.relative_p50:.1%}"
                          + (" (PARTIAL)" if self.fit.partial else ""))
         return "; ".join(parts)
+
+
+def _non_negative_or_none(value, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
+        raise BurstGPTError(f"{what} must be a non-negative number of seconds, got {value!r}")
+    return float(value)
 
 
 def load_latency_model(path: str | Path) -> FittedModel:

@@ -45,7 +45,11 @@ class EngineSpec:
     clients' timeout (None: they wait forever), after which the engine aborts the request `abort_delay_s` later;
     `max_queue` None: no queue limit; `enable_prefix_caching`: vLLM's automatic prefix caching (on by default, as
     in vLLM V1); `latency` None: the roofline of `gpu` x `model` with the three roofline factors below, else a
-    `burstgpt.sim.latency.LatencyModel` or its JSON dict (`{"kind": "linear", ...}`)."""
+    `burstgpt.sim.latency.LatencyModel` or its JSON dict (`{"kind": "linear", ...}`). `frontend_delay_s`: the
+    time between a client sending a request and the engine seeing it, and between the engine making a token and
+    the client reading it, folded into one delay before the engine (the API server's HTTP, tokenisation and
+    detokenisation, which run beside the engine, not in its steps); `profile` measures it; it adds to TTFT and
+    end-to-end latency."""
 
     gpu: str = "A800-80GB"
     model: str = "Llama-2-13B-chat"
@@ -63,6 +67,7 @@ class EngineSpec:
     step_overhead_s: float = 0.003
     enable_prefix_caching: bool = True
     abort_delay_s: float = 0.0
+    frontend_delay_s: float = 0.0
 
     def check(self) -> None:
         """Raise `BurstGPTError` (naming the CLI flag) for a value out of range."""
@@ -76,6 +81,8 @@ class EngineSpec:
             raise BurstGPTError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
         if self.max_queue is not None and self.max_queue < 0:
             raise BurstGPTError("--max-queue must not be negative")
+        if not (self.frontend_delay_s >= 0 and np.isfinite(self.frontend_delay_s)):
+            raise BurstGPTError(f"--frontend-delay must be a non-negative number of seconds, got {self.frontend_delay_s}")
         if not (self.abort_delay_s >= 0 and np.isfinite(self.abort_delay_s)):
             raise BurstGPTError(f"--abort-delay must be a non-negative number of seconds, got {self.abort_delay_s}")
 
@@ -88,6 +95,7 @@ class EngineSetup:
     latency: LatencyModel
     model_name: str
     gpu_name: str
+    frontend_delay_s: float = 0.0  # see EngineSpec
 
     def describe(self) -> str:
         """The engine settings in one line (printed by `simulate` and `serve-sim` at start)."""
@@ -100,12 +108,14 @@ class EngineSetup:
         return (f"engine: {self.gpu_name} x {self.model_name}; {config.num_gpu_blocks} KV blocks x "
                 f"{config.block_size} tokens; max_num_seqs {config.max_num_seqs}; max_num_batched_tokens "
                 f"{config.max_num_batched_tokens}; max_model_len {config.max_model_len}; prefix caching "
-                f"{caching}; client timeout {timeout}; queue limit {queue}; latency {self.latency.describe()}")
+                f"{caching}; client timeout {timeout}; queue limit {queue}; "
+                + (f"frontend delay {1e3 * self.frontend_delay_s:.3g} ms; " if self.frontend_delay_s else "")
+                + f"latency {self.latency.describe()}")
 
     def to_dict(self) -> dict:
         """The settings as JSON (a run's config.json); `latency` in its `to_dict` form."""
         return {"gpu": self.gpu_name, "model": self.model_name, **dataclasses.asdict(self.config),
-                "latency": self.latency.to_dict()}
+                "frontend_delay_s": self.frontend_delay_s, "latency": self.latency.to_dict()}
 
 
 def build_engine_setup(spec: EngineSpec | None = None, /, **changes) -> EngineSetup:
@@ -141,7 +151,7 @@ def build_engine_setup(spec: EngineSpec | None = None, /, **changes) -> EngineSe
         latency = latency_from_dict(spec.latency)
     else:
         latency = spec.latency
-    return EngineSetup(config, latency, model_spec.name, gpu_spec.name)
+    return EngineSetup(config, latency, model_spec.name, gpu_spec.name, spec.frontend_delay_s)
 
 
 @dataclass
@@ -190,16 +200,22 @@ def simulate_workload(
     if steps not in STEP_MODES:
         raise BurstGPTError(f"--steps must be one of {', '.join(STEP_MODES)}, got {steps!r}")
     check_interval(metrics_interval_s)
-    validate_workload(workload, "workload")
+    workload = validate_workload(workload, "workload")  # conformed too: any subset of the columns will do
     if isinstance(output_lengths, str):
         output_lengths = parse_output_length_model(output_lengths)
     config = setup.config
     lengths = resolve_output_lengths(workload, output_lengths, max_model_len=config.max_model_len, seed=seed)
-    engine = ServingEngine(config, setup.latency)
+    # The frontend delay: the engine sees each request that much after it was sent and the client reads its tokens
+    # when the engine makes them; the client still gives up `timeout_s` after sending.
+    delay = setup.frontend_delay_s
+    engine_config = config
+    if delay and config.timeout_s is not None:
+        engine_config = dataclasses.replace(config, timeout_s=max(config.timeout_s - delay, 1e-9))
+    engine = ServingEngine(engine_config, setup.latency)
     # The step log hands its chunks to the digest as the engine runs; it keeps them only for the full table.
     digest = IntervalDigest(metrics_interval_s, config.num_gpu_blocks, sample=steps == "sampled")
     engine.steps = StepLog(config.block_size, consumers=(digest,), keep=steps == "all")
-    engine.submit(workload["arrival_s"].to_numpy(), workload["input_tokens"].to_numpy(), lengths,
+    engine.submit(workload["arrival_s"].to_numpy() + delay, workload["input_tokens"].to_numpy(), lengths,
                   *workload_prefixes(workload))
     engine.run(jump=jump, progress=progress)
     engine.steps.finish()
