@@ -9,6 +9,11 @@ The loop baseline (random.gammavariate per gap, bisect on the Zipf CDF per lengt
 pool's ids of that length) is timed on a subset (--loop-requests, default 200,000) and extrapolated linearly to
 the full size; the printout says so.
 
+Then the same size with shared prefixes (issue 10): `build_workload` of a `WorkloadSpec` with the paper's
+arrivals and Zipf lengths plus generated system prompts (half the requests start with one of 16 prompts of 512
+tokens) and multi-turn sessions (3 turns on average, each extending the previous prompt and answer), as prefix
+block ids of 64 tokens. Target: under 10 s.
+
     .venv/bin/python benchmarks/bench_workload.py [--requests 10000000] [--loop-requests 200000]
 """
 
@@ -95,6 +100,21 @@ def main() -> None:
     print(f"python loop: {args.loop_requests:,} requests in {loop_subset_s:.2f} s, extrapolated to "
           f"{args.requests:,}: {loop_s:.1f} s")
     print(f"speed-up: {loop_s / engine_s:.1f}x; target < 5 s: {'met' if engine_s < 5 else 'NOT met'}")
+    del frame, prompt_ids, rows
+
+    from burstgpt.workload import RequestLengths, ScheduledArrivals, WorkloadSpec, build_workload
+    from burstgpt.workload.prefixes import PrefixSharing, Sessions, SystemPrompts
+
+    spec = WorkloadSpec(ScheduledArrivals(alpha=(2.0, 0.25), beta_s=(1.0, 0.1)), num_requests=args.requests,
+                        lengths=RequestLengths(zipf_theta=1.1), seed=0,
+                        prefixes=PrefixSharing(SystemPrompts(), Sessions(), block_size=64))
+    start = time.perf_counter()
+    frame = build_workload(spec)
+    prefix_s = time.perf_counter() - start
+    ids = frame["prefix_block_ids"].list.len().sum()
+    print(f"with system prompts and sessions: {frame.height:,} requests, {ids:,} prefix ids, "
+          f"{frame['session_id'].n_unique():,} sessions in {prefix_s:.2f} s; target < 10 s: "
+          f"{'met' if prefix_s < 10 else 'NOT met'}")
 
 
 if __name__ == "__main__":
