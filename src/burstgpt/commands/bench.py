@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from burstgpt import __version__
-from burstgpt.client.openai import EndpointOptions
 from burstgpt.commands.workload import add_generation_arguments, workload_from_args
 from burstgpt.errors import BurstGPTError
 from burstgpt.metrics.requests import parse_slo
@@ -152,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         raise BurstGPTError("the workload has no requests to send (check --duration / --num-requests)")
     run_dir = Path(args.out or f"runs/bench-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}")
     created_dir = not run_dir.exists()
+    from burstgpt.client.openai import EndpointOptions  # aiohttp: only when benchmarking
+
     endpoint = EndpointOptions(
         base_url=args.url,
         api=args.endpoint,

@@ -19,7 +19,6 @@ import polars as pl
 from burstgpt.errors import BurstGPTError
 from burstgpt.workload.arrivals import SHAPES
 from burstgpt.workload.io import read_workload, write_workload
-from burstgpt.workload.params import fit_workload_params, write_params
 from burstgpt.workload.prefixes import DEFAULT_BLOCK_SIZE, PrefixSharing, Sessions, SystemPrompts
 from burstgpt.workload.processes import ARRIVAL_PROCESSES
 from burstgpt.workload.prompts import SOURCE_FORMATS
@@ -308,6 +307,7 @@ def _is_table(spec: str | None) -> bool:
 
 
 def _cmd_fit(args) -> int:
+    from burstgpt.workload.params import fit_workload_params, write_params
     from burstgpt.trace import load_trace
 
     trace = filter_nonempty(load_trace(args.trace), args.trace_model, args.trace_service)

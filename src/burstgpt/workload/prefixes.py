@@ -39,8 +39,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from burstgpt.analysis.fits import FitError, fit_zipf
-from burstgpt.analysis.sessions import session_table
 from burstgpt.errors import BurstGPTError
 from burstgpt.trace.schema import Trace
 from burstgpt.workload.sessions import turn_columns
@@ -110,6 +108,8 @@ def fit_system_prompts(trace: Trace) -> SystemPrompts | None:
     requests with a shared prefix / all requests; `pool_size`: distinct first ids among them (one system
     prompt each); `tokens`: median shared-prefix length x the trace's block size; `popularity`: the Zipf
     exponent of the requests per distinct first id by rank (`burstgpt.analysis.fits.fit_zipf`)."""
+    from burstgpt.analysis.fits import FitError, fit_zipf  # here: the analysis is slow to import
+
     frame = trace.frame
     if trace.prefix_block_size is None or frame["prefix_block_ids"].null_count() == frame.height:
         return None
@@ -143,6 +143,8 @@ def fit_sessions(trace: Trace) -> Sessions | None:
     """Turns per session and think times of a trace with session ids (None without them). Think times (end of
     one turn to the next send, `burstgpt.workload.sessions.turn_columns`) get a log-normal fit to the positive
     ones (median, log-sd); without positive think times the median is 0."""
+    from burstgpt.analysis.sessions import session_table
+
     frame = trace.frame
     sessions = session_table(frame)
     if sessions.height == 0:

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from burstgpt.errors import BurstGPTError
-from burstgpt.workload.lengths import EmpiricalResponses
+
+if TYPE_CHECKING:  # the analysis behind it is imported only when a workload is built
+    from burstgpt.workload.lengths import EmpiricalResponses
 
 ResponseSampler = Callable[["ResponseSpec", np.ndarray, np.random.Generator, "np.ndarray | None"], "np.ndarray | None"]
 _MODES: dict[str, ResponseSampler] = {}

@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Literal
+from typing import TYPE_CHECKING, Any, ContextManager, Literal
 
 import numpy as np
 import polars as pl
@@ -49,12 +49,13 @@ from burstgpt.workload.arrivals import (
     shape_values,
 )
 from burstgpt.workload.generate import assemble_workload, attach_prompts, seed_streams, select_replay
-from burstgpt.workload.lengths import EmpiricalResponses, ZipfLengths
-from burstgpt.workload.params import WorkloadParams, fit_workload_params, read_params
 from burstgpt.workload.prefixes import PrefixSharing, apply_prefix_sharing
 from burstgpt.workload.processes import get_process
 from burstgpt.workload.responses import ResponseSpec
 from burstgpt.workload.schema import validate_workload
+
+if TYPE_CHECKING:  # imported where used: the fits pull in scipy and the analysis, slow for CLI start-up
+    from burstgpt.workload.params import WorkloadParams
 from burstgpt.workload.servegen import (
     ClientFilters,
     compose_pool,
@@ -248,6 +249,8 @@ def build_workload(
     requests no prompt could serve); `status(message)` wraps slow steps (fitting a trace, building a prompt
     pool), e.g. with a spinner.
     """
+    from burstgpt.workload.lengths import EmpiricalResponses, ZipfLengths
+
     notes = notes if notes is not None else []
     status = status or (lambda message: contextlib.nullcontext())
     _check_bounds(spec)
@@ -354,6 +357,8 @@ def _response_spec(responses: Responses, cap, *, default: str, empirical) -> Res
 
 
 def _mirror_params(source: MirroredArrivals, status) -> WorkloadParams:
+    from burstgpt.workload.params import fit_workload_params, read_params
+
     if source.fitted is not None:
         return source.fitted
     if (source.params is None) == (source.trace is None):

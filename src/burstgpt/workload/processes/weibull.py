@@ -10,7 +10,6 @@ brentq call per window would cost seconds) on log k in [log MIN_SHAPE, log MAX_S
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import elementwise
 from scipy.special import gammaln
 
 from burstgpt.workload.processes import register
@@ -43,6 +42,8 @@ class WeibullProcess:
         bounds = np.log([MIN_SHAPE, MAX_SHAPE])
         low_cv, high_cv = _log_cv(bounds[1]), _log_cv(bounds[0])
         target = np.clip(np.log(cv), low_cv, high_cv)
+        from scipy.optimize import elementwise  # here: scipy.optimize costs 0.25 s to import at start-up
+
         result = elementwise.find_root(lambda x, t: _log_cv(x) - t, tuple(bounds), args=(target,),
                                        tolerances={"xrtol": 1e-13, "xatol": 1e-13})
         return np.exp(result.x)
