@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from aiohttp import web
 
+from burstgpt.workload.tokenizer import builtin_tokenizer
 from burstgpt.server.app import FaultOptions, ServerOptions, SimServer
 from burstgpt.sim.engine import EngineConfig
 from burstgpt.sim.hardware import gpu_preset, model_preset
@@ -69,6 +70,12 @@ async def _stream(session, url, body) -> tuple[list[dict], bool]:
 
 def _prompt(tokens: int) -> str:
     return " ".join(["word"] * tokens)
+
+
+def _unique_prompt(request: int, tokens: int) -> str:
+    """`tokens` builtin tokens no other request's prompt starts with (serve-sim's prefix cache finds nothing)."""
+    word = chr(97 + request % 26) + chr(97 + request // 26 % 26) + "q"
+    return " ".join([word] * tokens)
 
 
 def test_usage_counts_prompts_with_the_builtin_tokenizer():
@@ -211,8 +218,9 @@ def test_metrics_use_vllm_names_and_count_tokens():
             return float(match.group(1))
 
         assert value("vllm:prompt_tokens_total") == 80
-        # Both prompts were looked up in the prefix cache (serve-sim's prompts carry no prefix ids: no hits).
-        assert value("vllm:prefix_cache_queries_total") == 80 and value("vllm:prefix_cache_hits_total") == 0
+        # Both prompts were looked up in the prefix cache; the second, the same 40 tokens, found the first's two
+        # full 16-token blocks (the last block is partial and never cached).
+        assert value("vllm:prefix_cache_queries_total") == 80 and value("vllm:prefix_cache_hits_total") == 32
         assert value("vllm:generation_tokens_total") == 20
         assert value("vllm:num_preemptions_total") == 0
         assert value("vllm:num_requests_running") == 0 and value("vllm:num_requests_waiting") == 0
@@ -343,7 +351,7 @@ def test_offline_and_real_time_median_latency_agree():
                 await asyncio.sleep(max(0.0, start + arrival[i] - asyncio.get_running_loop().time()))
                 sent = asyncio.get_running_loop().time()
                 events, done = await _stream(session, f"{base}/v1/completions", {
-                    "model": setup.model_name, "prompt": _prompt(int(prompt[i])), "max_tokens": int(output[i]),
+                    "model": setup.model_name, "prompt": _unique_prompt(i, int(prompt[i])), "max_tokens": int(output[i]),
                     "ignore_eos": True, "stream": True})
                 assert done
                 return asyncio.get_running_loop().time() - sent
@@ -448,3 +456,28 @@ def test_time_scale_k_runs_k_times_faster_than_real_time():
     # Latency histograms are in wall seconds: 1 simulated second / 4.
     match = re.search(r'^vllm:e2e_request_latency_seconds_sum\{[^}]*\} (\S+)$', text, re.M)
     assert float(match.group(1)) == pytest.approx(0.25, abs=0.03)
+
+
+def test_prompts_sharing_a_prefix_hit_the_prefix_cache_and_unique_ones_do_not():
+    """serve-sim keys every prompt's full KV blocks by their tokens (chained), so a real client's shared system
+    prompt is found in the cache as on vLLM: 5 requests = a 100-token shared prefix + their own 30 tokens."""
+    shared = " ".join(["system"] * 100)  # 100 builtin tokens
+
+    async def scenario(prompts):
+        async with running_server(ServerOptions(setup=_setup(), served_model_name=MODEL)) as (base, _), \
+                aiohttp.ClientSession() as session:
+            for prompt in prompts:
+                async with session.post(f"{base}/v1/completions", json={
+                        "model": MODEL, "prompt": prompt, "max_tokens": 2, "ignore_eos": True}) as response:
+                    assert response.status == 200
+            async with session.get(f"{base}/metrics") as response:
+                text = await response.text()
+        hits = re.search(r"^vllm:prefix_cache_hits_total\{[^}]*\} (\S+)$", text, re.M)
+        return float(hits.group(1))
+
+    tokenizer = builtin_tokenizer()
+    own = [_unique_prompt(r, 30) for r in range(5)]  # 30 tokens each, all different
+    assert tokenizer.count([shared])[0] == 100 and set(tokenizer.count(own)) == {30}
+    # Every later request finds the 6 full blocks (96 tokens) of the shared 100-token prefix.
+    assert asyncio.run(scenario([shared + " " + q for q in own])) == 4 * 96
+    assert asyncio.run(scenario([q + " " + shared for q in own])) == 0  # no common prefix: no hit

@@ -89,6 +89,9 @@ class Handlers:
         parsed = parse_completion_request(
             await request.read(), chat=chat, served_model=self.options.model_name,
             max_model_len=self.config.max_model_len, tokenizer=self.options.tokenizer,
+            # With prefix caching the engine needs to know which of the prompt's blocks equal earlier ones: the
+            # prompt's own tokens, keyed per KV block, stand in for a workload's prefix block ids.
+            block_size=self.config.block_size if self.config.enable_prefix_caching else None,
         )
         faults = self.options.faults
         draws = self.fault_rng.random(5)
@@ -105,7 +108,8 @@ class Handlers:
             transport = request.transport
             return transport is None or transport.is_closing()
 
-        live = self.realtime.submit(parsed.prompt_tokens, output_tokens, disconnected=disconnected)
+        live = self.realtime.submit(parsed.prompt_tokens, output_tokens, disconnected=disconnected,
+                                    prompt_blocks=parsed.prompt_blocks)
         plan = FaultPlan(
             drop_after=int(draws[2] * output_tokens) if draws[1] < faults.drop_rate else None,
             stall_after=int(draws[4] * output_tokens) if draws[3] < faults.stall_rate else None,

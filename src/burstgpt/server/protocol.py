@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from burstgpt.workload.tokenizer import Tokenizer
+from burstgpt.workload.tokenizer import Tokenizer, block_keys
 
 #: Generated text: one word per token, each a single token under the builtin tokenizer (at most 6 letters).
 _WORDS = ("the", "burst", "of", "tokens", "comes", "and", "cache", "fills", "while", "users", "wait", "then")
@@ -52,11 +52,13 @@ class CompletionRequest:
     ignore_eos: bool
     stream: bool
     include_usage: bool
+    prompt_blocks: tuple[int, ...] = ()  # chained keys of the prompt's full KV blocks (prefix caching)
 
 
 def parse_completion_request(raw: bytes, *, chat: bool, served_model: str, max_model_len: int,
-                             tokenizer: Tokenizer) -> CompletionRequest:
-    """Validate a request body (raises `RequestError`)."""
+                             tokenizer: Tokenizer, block_size: int | None = None) -> CompletionRequest:
+    """Validate a request body (raises `RequestError`). `block_size`: also key the prompt's full blocks of that
+    many tokens (`burstgpt.workload.tokenizer.block_keys`) so the engine's prefix cache sees shared prompts."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -69,7 +71,7 @@ def parse_completion_request(raw: bytes, *, chat: bool, served_model: str, max_m
     if model != served_model:
         raise RequestError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
     prompt_param = "messages" if chat else "prompt"
-    prompt_tokens = _prompt_tokens(body, chat, tokenizer)
+    prompt_tokens, token_units = _prompt_tokens(body, chat, tokenizer, keyed=block_size is not None)
     if prompt_tokens == 0:
         raise RequestError(400, "The prompt is empty.", param=prompt_param)
     if prompt_tokens >= max_model_len:
@@ -111,12 +113,14 @@ def parse_completion_request(raw: bytes, *, chat: bool, served_model: str, max_m
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise RequestError(400, "'stream_options' must be an object.", param="stream_options")
+    blocks = tuple(block_keys(token_units, block_size)) if block_size is not None else ()
     return CompletionRequest(chat, model, prompt_tokens, max_tokens, flags["ignore_eos"], flags["stream"],
-                             bool(options.get("include_usage", False)))
+                             bool(options.get("include_usage", False)), blocks)
 
 
-def _prompt_tokens(body: dict, chat: bool, tokenizer: Tokenizer) -> int:
-    """Prompt tokens of a request: the text of every chat message, a prompt string, or a list of token ids."""
+def _prompt_tokens(body: dict, chat: bool, tokenizer: Tokenizer, *, keyed: bool = False) -> tuple[int, list]:
+    """Prompt tokens of a request (the text of every chat message, a prompt string, or a list of token ids), and
+    with `keyed` the tokens themselves, in order (else an empty list)."""
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -135,15 +139,21 @@ def _prompt_tokens(body: dict, chat: bool, tokenizer: Tokenizer) -> int:
                     texts.append(part.get("text", ""))
             elif content is not None:
                 raise RequestError(400, "message 'content' must be a string or a list.", param="messages")
-        return int(tokenizer.count(texts).sum()) if texts else 0
+        if keyed:
+            units = [token for text in texts for token in tokenizer.tokens(text)]
+            return len(units), units
+        return (int(tokenizer.count(texts).sum()) if texts else 0), []
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return int(tokenizer.count([prompt])[0])
+        if keyed:
+            units = list(tokenizer.tokens(prompt))
+            return len(units), units
+        return int(tokenizer.count([prompt])[0]), []
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
                                                    for t in prompt):
-        return len(prompt)  # token ids
+        return len(prompt), (list(prompt) if keyed else [])  # token ids
     raise RequestError(400, "'prompt' must be a string, a one-string list or a list of token ids.", param="prompt")
 
 

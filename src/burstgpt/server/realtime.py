@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-from collections.abc import Callable
 
 from burstgpt.sim.engine import CANCELLED, DONE, TIMED_OUT, ServingEngine
 
 
 _DISCONNECT_CHECK_S = 0.01  # wall seconds between looks for disconnected clients
 
+
+
+#: Distinct prompt blocks the prefix cache keeps keys for (about 100 bytes each): past it, prompts are not keyed.
+MAX_INTERNED_PROMPT_BLOCKS = 5_000_000
 
 @dataclass
 class TokenEvent:
@@ -56,6 +60,7 @@ class RealTimeEngine:
         self.engine = engine
         self.time_scale = time_scale
         self.on_step = on_step
+        self.prompt_keys_capped = False  # MAX_INTERNED_PROMPT_BLOCKS reached
         self.live: dict[int, LiveRequest] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -81,12 +86,23 @@ class RealTimeEngine:
             live.events.put_nowait(TokenEvent("end", self.engine.now, CANCELLED))
 
     def submit(self, prompt_tokens: int, output_tokens: int, *,
-               disconnected: Callable[[], bool] | None = None) -> LiveRequest:
+               disconnected: Callable[[], bool] | None = None, prompt_blocks: Sequence[int] = ()) -> LiveRequest:
         """Enqueue a request arriving now. `disconnected()` says whether its client has gone away (checked after
-        every step: the request is then aborted)."""
+        every step: the request is then aborted). `prompt_blocks`: keys of the prompt's full KV blocks
+        (`burstgpt.workload.tokenizer.block_keys`), for the engine's prefix cache."""
         engine = self.engine
         arrival = max(self.sim_now(), float(engine.arrival[engine.num_submitted - 1]) if engine.num_submitted else 0.0)
-        engine_id = int(engine.submit(arrival, prompt_tokens, output_tokens)[0])
+        if prompt_blocks and engine.interned_prefix_blocks >= MAX_INTERNED_PROMPT_BLOCKS:
+            if not self.prompt_keys_capped:
+                self.prompt_keys_capped = True
+                print(f"serve-sim: {MAX_INTERNED_PROMPT_BLOCKS:,} distinct prompt blocks seen; later prompts are "
+                      "no longer matched against the prefix cache (memory bound)", file=sys.stderr, flush=True)
+            prompt_blocks = ()
+        if prompt_blocks:
+            engine_id = int(engine.submit(arrival, prompt_tokens, output_tokens, [list(prompt_blocks)],
+                                          engine.config.block_size)[0])
+        else:
+            engine_id = int(engine.submit(arrival, prompt_tokens, output_tokens)[0])
         live = LiveRequest(engine_id, arrival, prompt_tokens, max(output_tokens, 1), float(engine.deadline[engine_id]),
                            disconnected=disconnected)
         self.live[engine_id] = live

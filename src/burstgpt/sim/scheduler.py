@@ -225,6 +225,11 @@ class Scheduler:
 
     # -- queries -------------------------------------------------------------------------------------------
     @property
+    def interned_prefix_blocks(self) -> int:
+        """Distinct prefix blocks (id chains) seen so far: the memory the prefix keys hold (~100 bytes each)."""
+        return len(self._chain_ids)
+
+    @property
     def kv_blocks_used(self) -> int:
         return self.kv.used
 

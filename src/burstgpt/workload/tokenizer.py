@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -24,9 +24,12 @@ BUILTIN_PATTERN = r"[^\W\d_]{1,6}|\d|[^\w\s]|_"
 
 
 class Tokenizer(Protocol):
-    """Counts tokens and truncates texts to an exact token count."""
+    """Counts, lists and truncates tokens."""
 
     name: str
+
+    def tokens(self, text: str) -> Sequence:
+        """The tokens of `text` in order, as hashable items (strings or ids)."""
 
     def count(self, texts: list[str]) -> np.ndarray:
         """Token count of each text, int64, shape (len(texts),)."""
@@ -43,6 +46,10 @@ class BuiltinTokenizer:
 
     def __init__(self) -> None:
         self._regex = re.compile(BUILTIN_PATTERN)
+
+    def tokens(self, text: str) -> list[str]:
+        """The tokens of `text`, in order."""
+        return self._regex.findall(text)
 
     def count(self, texts: list[str]) -> np.ndarray:
         # Vectorised in polars' regex engine, which agrees with Python's `re` on this pattern.
@@ -78,6 +85,10 @@ class SubwordTokenizer:
         self._encode = functools.lru_cache(maxsize=256)(encode)
         self._decode = decode
         self._encode_batch = encode_batch
+
+    def tokens(self, text: str) -> tuple[int, ...]:
+        """The token ids of `text`, in order (no special tokens)."""
+        return tuple(self._encode(text))
 
     def count(self, texts: list[str]) -> np.ndarray:
         if self._encode_batch is not None:
@@ -151,3 +162,14 @@ def builtin_tokenizer() -> BuiltinTokenizer:
 def count_tokens(text: str, tokenizer: Tokenizer | None = None) -> int:
     """Tokens in one text under `tokenizer` (default: builtin)."""
     return int((tokenizer or builtin_tokenizer()).count([text])[0])
+
+
+def block_keys(tokens: Sequence, block_size: int) -> list[int]:
+    """One key per full block of `block_size` tokens of a token sequence, chained over the blocks before it (as a
+    prefix cache hashes them: equal keys = equal tokens from the start), as non-negative int64 prefix block ids
+    (`prefix_block_ids` with `prefix_block_size = block_size`). The tail of a partial block gets no key."""
+    keys, previous = [], 0
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        previous = hash((previous, tuple(tokens[start:start + block_size]))) & 0x7FFF_FFFF_FFFF_FFFF
+        keys.append(previous)
+    return keys
