@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +80,34 @@ def tiny_bpe_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     tok.save(str(path))
     return path
+
+
+@contextlib.contextmanager
+def _serve_sim(*args: str) -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "burstgpt.cli", "serve-sim", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"},
+    )
+    try:
+        line = process.stdout.readline()
+        match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
+        if not match:
+            process.kill()
+            raise AssertionError(f"serve-sim did not start: {line}{process.stderr.read()}")
+        yield match.group(1)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def serve_sim_process():
+    """A context manager: `with serve_sim_process(*ARGS) as url` runs `burstgpt serve-sim --port 0 ARGS` in a
+    process on a free loopback port, yields its URL and stops it with SIGTERM."""
+    return _serve_sim

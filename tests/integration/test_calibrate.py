@@ -10,7 +10,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
-from test_profile import KNOWN, assert_recovers, start_serve_sim, stop
+from test_profile import KNOWN, assert_recovers, known_server_args
 
 from burstgpt.cli import main
 from burstgpt.records import read_run_directory
@@ -20,14 +20,11 @@ from burstgpt.sim.latency import load_latency_model
 
 
 @pytest.fixture(scope="module")
-def known_server(tmp_path_factory):
+def known_server(tmp_path_factory, serve_sim_process):
     model_file = tmp_path_factory.mktemp("known") / "known.json"
     model_file.write_text(json.dumps(KNOWN.to_dict()))
-    process, url = start_serve_sim(model_file)
-    try:
+    with serve_sim_process(*known_server_args(model_file)) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def bursty_workload(path, n: int = 100, seed: int = 1):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -27,21 +26,11 @@ KNOWN = LinearLatency(base_s=0.005, per_prefill_token_s=50e-6, per_decode_token_
 SECRET = "sk-profile-test-secret"
 
 
-def start_serve_sim(model_file: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`burstgpt serve-sim --latency-model model_file` on a free loopback port: (process, URL)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "burstgpt.cli", "serve-sim", "--port", "0", "--latency-model", str(model_file),
-         "--num-gpu-blocks", "3000", "--block-size", "32", "--max-num-seqs", "256", "--max-num-batched-tokens",
-         "8192", "--max-model-len", "4096", "--served-model-name", "known-linear", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    line = process.stdout.readline()
-    match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-    if not match:
-        process.kill()
-        raise AssertionError(line + process.stderr.read())
-    return process, match.group(1)
+def known_server_args(model_file: Path) -> tuple[str, ...]:
+    """serve-sim flags of the known engine: the linear model of `model_file` and fixed engine settings."""
+    return ("--latency-model", str(model_file), "--num-gpu-blocks", "3000", "--block-size", "32",
+            "--max-num-seqs", "256", "--max-num-batched-tokens", "8192", "--max-model-len", "4096",
+            "--served-model-name", "known-linear")
 
 
 def assert_recovers(fitted: LinearLatency, tolerance: float) -> None:
@@ -51,24 +40,12 @@ def assert_recovers(fitted: LinearLatency, tolerance: float) -> None:
         ", ".join(f"{name} {error:+.1%}" for name, error in errors.items())
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
-def known_server(tmp_path_factory):
+def known_server(tmp_path_factory, serve_sim_process):
     model_file = tmp_path_factory.mktemp("known") / "known.json"
     model_file.write_text(json.dumps(KNOWN.to_dict()))
-    process, url = start_serve_sim(model_file, "--api-key", SECRET)
-    try:
+    with serve_sim_process(*known_server_args(model_file), "--api-key", SECRET) as url:
         yield url
-    finally:
-        stop(process)
 
 
 def test_profile_recovers_every_coefficient_of_a_known_server(known_server, tmp_path, monkeypatch, capsys):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -45,25 +44,10 @@ def _env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def serve_sim():
+def serve_sim(serve_sim_process):
     """`burstgpt serve-sim` on a free loopback port; its URL. Stopped with SIGTERM."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "burstgpt.cli", "serve-sim", "--port", "0", "--gpu", "H100-80GB", "--model",
-         "Llama-2-7B-chat", "--served-model-name", MODEL],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-    )
-    try:
-        line = process.stdout.readline()
-        match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-        assert match, line + process.stderr.read()
-        yield match.group(1)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serve_sim_process("--gpu", "H100-80GB", "--model", "Llama-2-7B-chat", "--served-model-name", MODEL) as url:
+        yield url
 
 
 def _slow_workload(path: Path, n: int = 60, gap_s: float = 0.05, output_tokens: int = 400) -> Path:
