@@ -390,6 +390,7 @@ def test_serve_sim_command_prints_its_url_and_stops_on_sigterm():
         # --max-num-seqs as given; the token budget vLLM's default for an 80 GB H100 (its OpenAI server's).
         assert "KV blocks x 16 tokens; max_num_seqs 32; max_num_batched_tokens 8192" in err
         assert "latency roofline H100-80GB x Llama-2-7B-chat" in err
+        assert "client timeout none" in err  # the server has no deadline of its own
     finally:
         if process.poll() is None:
             process.kill()

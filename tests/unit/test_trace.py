@@ -28,8 +28,8 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_real_burstgpt_file_matches_a_direct_count(shared_traces):
-    path = shared_traces / "burstgpt_1_head.csv"
+def test_real_burstgpt_file_matches_a_direct_count(burstgpt_head):
+    path = burstgpt_head
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     trace = load_trace(path)
@@ -44,8 +44,8 @@ def test_real_burstgpt_file_matches_a_direct_count(shared_traces):
     assert frame["timestamp_s"].is_sorted()
 
 
-def test_real_azure_file_keeps_sub_second_times(shared_traces):
-    path = shared_traces / "azure_llm_2023_code.csv"
+def test_real_azure_file_keeps_sub_second_times(azure_code):
+    path = azure_code
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     trace = load_trace(path)

@@ -25,7 +25,7 @@ from burstgpt.workload import (
     read_workload,
     validate_workload,
 )
-from burstgpt.workload.processes import ARRIVAL_PROCESSES, get_process
+from burstgpt.workload.processes import arrival_processes, get_process
 from burstgpt.workload.servegen import ClientFilters
 from burstgpt.workload.responses import RESPONSE_MODES, ResponseSpec
 
@@ -114,7 +114,7 @@ def test_every_registered_process_keeps_a_time_varying_rate(kind):
 
 
 def test_registries_name_their_kinds():
-    assert set(ARRIVAL_PROCESSES()) >= {"gamma", "poisson", "weibull", "constant"}
+    assert set(arrival_processes()) >= {"gamma", "poisson", "weibull", "constant"}
     assert set(RESPONSE_MODES) == {"model", "fixed", "empirical", "trace"}
     with pytest.raises(BurstGPTError, match="choose one of .*gamma"):
         build_workload(WorkloadSpec(ScheduledArrivals(process="pareto", rate_rps=1.0), num_requests=10))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 
-from burstgpt.commands.simulate import add_engine_arguments, engine_setup_from_args, print_engine_settings
+from burstgpt.commands.simulate import add_engine_arguments, engine_spec_from_args, print_engine_settings
 from burstgpt.errors import BurstGPTError
+from burstgpt.sim.simulate import build_engine_setup
 from burstgpt.sim.output_lengths import parse_output_length_model
 
 
@@ -56,7 +58,9 @@ def run_serve_sim(args: argparse.Namespace) -> int:
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise BurstGPTError(f"--{name.replace('_', '-')} must be within 0..1")
     tokenizer = load_tokenizer(args.tokenizer)
-    setup = engine_setup_from_args(args)
+    # A real server has no deadline of its own (clients time out and disconnect; the engine then aborts): the
+    # settings printed below say so rather than the offline simulation's client timeout.
+    setup = build_engine_setup(dataclasses.replace(engine_spec_from_args(args), timeout_s=None))
     options = ServerOptions(
         setup=setup, host=args.host, port=args.port, served_model_name=args.served_model_name,
         time_scale=args.time_scale, output_lengths=parse_output_length_model(args.output_lengths), seed=args.seed,

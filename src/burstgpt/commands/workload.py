@@ -20,7 +20,7 @@ from burstgpt.errors import BurstGPTError
 from burstgpt.workload.arrivals import SHAPES
 from burstgpt.workload.io import read_workload, write_workload
 from burstgpt.workload.prefixes import DEFAULT_BLOCK_SIZE, PrefixSharing, Sessions, SystemPrompts
-from burstgpt.workload.processes import ARRIVAL_PROCESSES
+from burstgpt.workload.processes import arrival_processes
 from burstgpt.workload.prompts import SOURCE_FORMATS
 from burstgpt.workload.responses import RESPONSE_MODES
 from burstgpt.workload.servegen import ClientFilters
@@ -114,7 +114,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"ServeGen: keep clients whose mean window CV (request-weighted) is {word} CV")
         g.add_argument(f"--client-{bound}-input-tokens", type=float, metavar="TOKENS",
                        help=f"ServeGen: keep clients whose mean request length is {word} TOKENS")
-    g.add_argument("--arrival", choices=ARRIVAL_PROCESSES(), default="gamma",
+    g.add_argument("--arrival", choices=arrival_processes(), default="gamma",
                    help="renewal arrival process without a trace (default gamma; alpha is its shape); with "
                    "--params/--mirror, the family of each window's gaps (keeping its rate and CV)")
     g.add_argument("--alpha", metavar="A[:A2]", default=None,

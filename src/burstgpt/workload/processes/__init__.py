@@ -58,11 +58,11 @@ def get_process(kind: str) -> RenewalProcess:
     try:
         return _REGISTRY[kind]
     except KeyError:
-        raise BurstGPTError(f"unknown arrival process {kind!r}; choose one of {', '.join(ARRIVAL_PROCESSES())}") \
+        raise BurstGPTError(f"unknown arrival process {kind!r}; choose one of {', '.join(arrival_processes())}") \
             from None
 
 
-def ARRIVAL_PROCESSES() -> tuple[str, ...]:  # noqa: N802 - reads as the constant it replaces
+def arrival_processes() -> tuple[str, ...]:
     """The registered process kinds."""
     return tuple(_REGISTRY)
 
