@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "burstgpt.commands.calibrate",  # calibrate (fit it to bench runs)
     "burstgpt.commands.report",  # report
     "burstgpt.commands.demo",  # demo
+    "burstgpt.commands.sweep",  # sweep (grids, rate finding)
+    "burstgpt.commands.plan",  # plan (replicas per GPU preset, autoscaling)
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from burstgpt.analysis.fits import fit_zipf
 from burstgpt.cli import main
@@ -248,3 +250,47 @@ def test_bad_turns_and_think_times_are_refused_with_row_and_column(column, value
         validate_workload(frame, "w.parquet")
     bad_row = next(i for i, v in enumerate(values) if v is not None and (v != v or v < 0))
     assert (caught.value.column, caught.value.line) == (column, bad_row + 1)
+
+
+def pinned_base() -> pl.DataFrame:
+    """400 requests: exponential gaps, own messages of 1-299 tokens, answers of 0-49 tokens or left to the
+    model (about one in six)."""
+    rng = np.random.default_rng(7)
+    arrival = np.cumsum(rng.exponential(0.2, 400))
+    return assemble_workload(arrival, rng.integers(1, 300, 400), output_tokens=rng.integers(-10, 50, 400),
+                             max_output_tokens=1000)
+
+
+#: Seeded cases whose output tests/data/prefix_sharing/<name>.parquet pins (written by the implementation
+#: before the flat-array rewrite of `apply_prefix_sharing`, which must not change any workload).
+PINNED_CASES = {
+    "system_prompts": (PrefixSharing(SystemPrompts(fraction=0.4, pool_size=5, tokens=40, popularity=0.8),
+                                     block_size=16), {}),
+    "sessions": (PrefixSharing(SystemPrompts(fraction=0.5, pool_size=4, tokens=40), Sessions(
+        mean_turns=3, think_time_s=2.0, think_time_sigma=0.5, max_context_tokens=700), block_size=16),
+        {"duration_s": 70.0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_CASES))
+def test_prefix_sharing_reproduces_its_pinned_seeded_output(tests_data, name):
+    sharing, kwargs = PINNED_CASES[name]
+    frame = apply_prefix_sharing(pinned_base(), sharing, seed=11, **kwargs)
+    pinned = read_workload(tests_data / "prefix_sharing" / f"{name}.parquet")
+    assert frame.schema == pinned.schema and frame.equals(pinned)
+    # The pinned case exercises what it should: ids on some rows only; sessions cut by the duration and the cap.
+    assert 0 < frame["prefix_block_ids"].null_count() < frame.height
+    if "duration_s" in kwargs:
+        assert frame.height < 400 and frame["turn"].max() >= 2 and frame["input_tokens"].max() <= 700
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 4), st.integers(0, 50), st.integers(0, 4)),
+                min_size=1, max_size=30))
+def test_block_id_lists_concatenate_both_ranges_of_every_row(rows):
+    from burstgpt.workload.prefixes import _block_id_lists
+
+    first_start, first_count, second_start, second_count = (np.array(column, dtype=np.int64) for column in zip(*rows))
+    lists = _block_id_lists(first_start, first_count, second_start, second_count)
+    expected = [list(range(a, a + k)) + list(range(b, b + m)) or None for a, k, b, m in rows]
+    assert lists.dtype == pl.List(pl.Int64) and lists.to_list() == expected

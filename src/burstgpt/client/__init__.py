@@ -7,7 +7,9 @@
 Modules: `runner` (LoadGenerator, RunOptions, BenchResult), `openai` (EndpointOptions, request bodies, one
 request's lifecycle and its failure class), `sse` (the SSE parser), `scrape` (Prometheus /metrics scraping),
 `prompts` (synthesised prompts of exact token length, starting with the shared
-text of their prefix block ids), `progress` (the live line).
+text of their prefix block ids), `progress` (the live view),
+`exporter` (the client's own metrics for Prometheus), `timing` (the client-limited verdict, the connection
+cap's default), `workers` (one schedule sent by several processes or Ray actors: MultiSenderRun).
 """
 
 from __future__ import annotations
@@ -15,6 +17,6 @@ from __future__ import annotations
 from burstgpt.lazy import lazy_exports
 
 _EXPORTS = {"LoadGenerator": "runner", "RunOptions": "runner", "BenchResult": "runner",
-            "EndpointOptions": "openai"}
+            "EndpointOptions": "openai", "MultiSenderRun": "workers", "DispatchVerdict": "timing"}
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -3,7 +3,8 @@ and classified into exactly one outcome of `burstgpt.records`.
 
 Timing: `sent_s` is taken just before the request is handed to aiohttp; `first_token_s` when the first chunk
 carrying output text arrives (streaming only: a non-streamed response has no first-token time); `end_s`
-when the request ends, whatever the outcome. All are seconds since the run's start `t0` (loop clock).
+when the request ends, whatever the outcome. All are seconds since the run's start `t0` on the monotonic clock
+(`time.monotonic`: the event loop's own clock is whole milliseconds, cached per loop turn, under uvloop).
 
 Timeouts: the total timeout bounds the whole request from `sent_s`; the TTFT timeout bounds the wait for the
 first token (for a non-streamed request, for the response headers). Both are one `asyncio.timeout` whose
@@ -13,7 +14,9 @@ deadline moves from the TTFT deadline to the total deadline when the first token
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+from time import monotonic as clock
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,6 +32,12 @@ from burstgpt.records import STATUS_CANCELLED, STATUS_OK, RequestRecord
 from burstgpt.workload.tokenizer import count_tokens
 
 __all__ = ["API_PATHS", "EndpointOptions", "RequestRecord", "RequestSender", "request_body"]
+
+try:  # orjson (optional) encodes a request body several times faster than json: it runs once per request
+    from orjson import dumps as _encode
+except ImportError:  # pragma: no cover - depends on the environment
+    def _encode(body: dict) -> bytes:
+        return json.dumps(body).encode()
 
 API_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 _ERROR_BODY_BYTES = 4096  # bytes of an error response read for the message
@@ -101,7 +110,8 @@ class _StreamBroken(Exception):
 
 
 class RequestSender:
-    """Sends requests over one aiohttp session and fills their records. `t0` is the run's start (loop clock)."""
+    """Sends requests over one aiohttp session and fills their records. `t0` is the run's start
+    (`time.monotonic()` clock)."""
 
     def __init__(self, session: aiohttp.ClientSession, options: EndpointOptions, headers: dict, t0: float):
         self.session = session
@@ -114,13 +124,12 @@ class RequestSender:
     async def send(self, record: RequestRecord, body: dict) -> RequestRecord:
         """Send one request and record its outcome. Never raises: every failure, and cancellation, becomes
         the record's status, error class and message."""
-        loop = self._loop
-        payload = json.dumps(body).encode()
-        sent = loop.time()
-        record.sent_s = sent - self.t0
-        total_deadline = sent + self.options.timeout_s
+        payload = _encode(body)
+        record.sent_s = clock() - self.t0
+        start = self._loop.time()  # the timeouts run on the loop's clock
+        total_deadline = start + self.options.timeout_s
         ttft = self.options.ttft_timeout_s
-        ttft_deadline = min(sent + ttft, total_deadline) if ttft else total_deadline
+        ttft_deadline = min(start + ttft, total_deadline) if ttft else total_deadline
         waiting_first = True
         try:
             async with asyncio.timeout_at(ttft_deadline) as deadline:
@@ -149,10 +158,12 @@ class RequestSender:
         except StreamErrorEvent as exc:
             record.fail("stream_error_event", str(exc))
         except aiohttp.ClientConnectorError as exc:  # before ClientOSError: it is a subclass
-            record.fail("connection_refused", _describe(exc))
+            record.fail("client_limit" if _client_side(exc) else "connection_refused", _describe(exc))
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError,
                 ConnectionResetError) as exc:
-            record.fail("connection_reset", _describe(exc))
+            record.fail("client_limit" if _client_side(exc) else "connection_reset", _describe(exc))
+        except OSError as exc:  # a socket the client could not even create (out of descriptors, ports)
+            record.fail("client_limit" if _client_side(exc) else "other", _describe(exc))
         except aiohttp.ClientResponseError as exc:  # unparseable HTTP from the server
             record.fail("malformed_response", _describe(exc))
         except asyncio.CancelledError:
@@ -161,7 +172,7 @@ class RequestSender:
             record.error_message = "cancelled: run stopped before the request ended"
         except Exception as exc:  # never lose a request: anything unexpected is still accounted for
             record.fail("other", _describe(exc))
-        record.end_s = loop.time() - self.t0
+        record.end_s = clock() - self.t0
         return record
 
     def _on_first_token(self, record: RequestRecord, deadline: asyncio.Timeout, total_deadline: float):
@@ -179,7 +190,6 @@ class RequestSender:
         record.fail(error_class, f"HTTP {status}: {text.decode(errors='replace').strip()}")
 
     async def _read_stream(self, record: RequestRecord, response: aiohttp.ClientResponse, first) -> None:
-        loop = self._loop
         chunk_times = [] if self.options.record_chunk_times else None
         parser = SSEParser()
         state = {"chunks": 0, "usage": None}
@@ -203,11 +213,11 @@ class RequestSender:
         try:
             async for data in response.content.iter_any():
                 record.bytes_received += len(data)
-                if take(parser.feed(data), loop.time()):
+                if take(parser.feed(data), clock()):
                     done = True
                     break
             else:
-                done = take(parser.close(), loop.time())
+                done = take(parser.close(), clock())
         finally:
             record.chunk_times_s = chunk_times
             record.output_tokens = state["chunks"]
@@ -250,6 +260,16 @@ def _apply_usage(record: RequestRecord, usage) -> None:
         record.input_tokens = usage["prompt_tokens"]
     if isinstance(usage.get("completion_tokens"), int):
         record.output_tokens = usage["completion_tokens"]
+
+
+#: errno values that mean the client ran out of its own resources, not that the server refused or dropped us.
+CLIENT_LIMIT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EADDRNOTAVAIL, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _client_side(exc: BaseException) -> bool:
+    """Whether a connection error is the client's own limit (file descriptors, local ports, buffers)."""
+    os_error = getattr(exc, "os_error", None) or exc  # aiohttp's connector errors wrap the OSError
+    return getattr(os_error, "errno", None) in CLIENT_LIMIT_ERRNOS
 
 
 def _describe(exc: BaseException) -> str:

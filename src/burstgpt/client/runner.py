@@ -14,6 +14,11 @@ so the timeline of sessions stays open-loop; only turns within a session wait fo
 Prompts: a row without prompt text gets a synthetic one of exactly input_tokens tokens under
 `RunOptions.tokenizer`, starting with the shared texts of its `prefix_block_ids` (`burstgpt.client.prompts`).
 
+Connections: at most `max_connections` requests are in flight at once (HTTP/1.1: one connection each). A request
+due while all are busy waits for one, and the wait counts as dispatch lag (it is the client's limit, not the
+server's); the run then warns. Connection errors that are the client's own (out of file descriptors or local
+ports) are failures of class `client_limit`, never `connection_refused`/`connection_reset`.
+
 Start: the workload is checked (`validate_workload`: finite, sorted arrivals) and the server probed at
 `/v1/models` (which also names the model when none is given); nothing listening there is a `BurstGPTError`,
 before any request is scheduled.
@@ -32,7 +37,6 @@ import os
 import signal
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,10 +46,12 @@ import aiohttp
 import numpy as np
 import polars as pl
 
+from burstgpt.client.exporter import ClientMetricsExporter
 from burstgpt.client.openai import EndpointOptions, RequestSender, request_body
 from burstgpt.client.progress import ProgressDisplay
 from burstgpt.client.prompts import PromptSynthesizer
 from burstgpt.client.scrape import ServerMetricsScraper
+from burstgpt.client.timing import DEFAULT_MAX_CONNECTIONS
 from burstgpt.errors import BurstGPTError
 from burstgpt.records import (
     STATUS_FAILED,
@@ -61,6 +67,11 @@ from burstgpt.workload.tokenizer import load_tokenizer
 
 _START_LEAD_S = 0.05  # schedule time 0 is this long after the run's set-up starts
 _PROBE_TIMEOUT_S = 10.0  # how long the start-up probe of /v1/models may take
+#: Shortest sleep of the dispatcher, seconds. uvloop's timers count whole milliseconds: a sleep under 0.5 ms
+#: returns at once, so waiting for a request due in 0.3 ms would spin the loop (a core's worth of CPU taken
+#: from the other senders and the server at high rates); asyncio's own loop sleeps >= 1 ms anyway. Requests
+#: due meanwhile leave together at the wake-up, at most ~1 ms late, far under the client-limited threshold.
+MIN_SLEEP_S = 0.001
 #: `owned_by` of the models burstgpt's own simulated server (`burstgpt serve-sim`) lists.
 SIM_SERVER_OWNER = "burstgpt"
 NOT_SENT_MESSAGE = "not sent: run stopped first"
@@ -77,8 +88,10 @@ class RunOptions:
     tokenizer: str = "builtin"  # synthetic prompts' exact length: builtin, a tokenizer.json, a cached name
     metrics_url: str | None = None  # Prometheus endpoint; None: no scraping
     scrape_interval_s: float = 1.0
-    progress: bool = True  # live progress on stderr (only when it is a terminal)
+    progress: bool = True  # live view on stderr: a panel on a terminal, else a plain line every 5 s
     check_server: bool = True  # probe /v1/models first; refuse to start when nothing listens
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS  # cap of open connections; None: no cap
+    worker: int = 0  # index of this sender process (bench --workers), stamped into every record
 
 
 @dataclass
@@ -90,17 +103,10 @@ class LiveCounters:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
-    recent_sends: deque = field(default_factory=lambda: deque(maxlen=4096))  # loop times of recent sends
 
     @property
     def in_flight(self) -> int:
         return self.sent - self.succeeded - self.failed - self.cancelled
-
-    def send_rate(self, now: float, horizon_s: float = 5.0) -> float:
-        """Requests sent per second over the last `horizon_s` seconds."""
-        times = self.recent_sends
-        count = sum(1 for t in reversed(times) if now - t <= horizon_s) if times else 0
-        return count / horizon_s
 
 
 @dataclass
@@ -116,6 +122,24 @@ class BenchResult:
     model: str | None
     warnings: list[str] = field(default_factory=list)
     sim_server: bool = False  # the server is burstgpt's simulated one (`burstgpt serve-sim`)
+    connection_waits: int = 0  # requests that waited for a free connection (the --max-connections cap)
+    workers: int = 1  # sender processes
+    cpu_s: float | None = None  # client CPU time (user + system) of sending, all senders, seconds
+
+
+@dataclass
+class SendOutcome:
+    """How one sender's part of a run went (its records are in its records file)."""
+
+    model: str | None
+    interrupted: bool
+    stop_reason: str | None
+    started_at_utc: str
+    wall_duration_s: float
+    warnings: list[str]
+    sim_server: bool
+    connection_waits: int
+    cpu_s: float = 0.0  # CPU time (user + system) the sender's process spent on the run, seconds
 
 
 class LoadGenerator:
@@ -131,11 +155,15 @@ class LoadGenerator:
         records_path: str | Path | None = None,
         warn: Callable[[str], None] = lambda message: None,
         workload_source: str = "workload",
+        append_records: bool = False,
+        exporter: ClientMetricsExporter | None = None,
     ) -> None:
         """`workload`: a workload table (`burstgpt.workload.schema`), checked here (InputError naming
         `workload_source`, row and column for a non-finite or decreasing arrival_s, ...). `headers`: extra
         HTTP headers (the API key's Authorization goes here, never into options). `records_path`: the JSONL
-        file records are appended to as requests end (None: a temporary file, removed after the run)."""
+        file records are appended to as requests end (None: a temporary file, removed after the run);
+        `append_records`: append to it (several sender processes share one file) instead of truncating it.
+        `exporter`: the Prometheus exporter (`bench --prometheus-port`) the live view feeds as records end."""
         self.workload = validate_workload(conform_workload(workload), workload_source)
         self.endpoint = endpoint
         self.options = options or RunOptions()
@@ -146,6 +174,12 @@ class LoadGenerator:
             handle, records_path = tempfile.mkstemp(prefix="burstgpt-records-", suffix=".jsonl")
             os.close(handle)
         self.records_path = Path(records_path)
+        self._append_records = append_records
+        self.exporter = exporter
+        self.connection_waits = 0
+        self._scraper: ServerMetricsScraper | None = None
+        self._columns: dict | None = None  # `prepare()`'s dispatcher columns
+        self.prepare()  # the heavy part of the set-up, now: a run then starts sending at once
         self.warnings: list[str] = []
         self._warn_sink = warn
         self.stop = asyncio.Event()
@@ -183,15 +217,40 @@ class LoadGenerator:
                 for sig in installed:
                     loop.remove_signal_handler(sig)
 
-        return asyncio.run(main())
+        return run_event_loop(main())
 
-    async def run(self) -> BenchResult:
+    async def run(self, *, start_unix: float | None = None) -> BenchResult:
+        """Run the whole workload; `start_unix`: the wall-clock instant of schedule time 0 (default: now)."""
+        outcome = await self.send_schedule(start_unix=start_unix)
+        records = read_records_jsonl(self.records_path)
+        if self._temporary_records:
+            self.records_path.unlink(missing_ok=True)
+        records = complete_records(self.workload, records, outcome.model)
+        return BenchResult(
+            records=records,
+            server_metrics=self._scraper.frame() if self._scraper is not None else None,
+            interrupted=outcome.interrupted,
+            stop_reason=outcome.stop_reason,
+            started_at_utc=outcome.started_at_utc,
+            wall_duration_s=outcome.wall_duration_s,
+            model=outcome.model,
+            warnings=outcome.warnings,
+            sim_server=outcome.sim_server,
+            connection_waits=outcome.connection_waits,
+            cpu_s=outcome.cpu_s,
+        )
+
+    async def send_schedule(self, *, start_unix: float | None = None) -> SendOutcome:
+        """Send the schedule and write the records to `records_path`, without reading them back (what each
+        sender process of a multi-process run does). `start_unix`: wall-clock instant (time.time()) of schedule
+        time 0, shared by all senders; None: a moment from now."""
         _raise_open_files_limit()
-        loop = asyncio.get_running_loop()
         started_at = datetime.now(UTC).isoformat(timespec="seconds")
         wall_start = time.perf_counter()
-        limit = self.options.max_concurrency or 0
+        cpu_start = time.process_time()
+        limit = self._slot_count() or 0
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
+        self._scraper = None
         async with aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
@@ -206,14 +265,23 @@ class LoadGenerator:
             if needs_model:
                 model = str(served[0]["id"])
             sim_server = any(entry.get("owned_by") == SIM_SERVER_OWNER for entry in served or [])
-            writer = RecordWriter(self.records_path)
-            display = ProgressDisplay(enabled=self.options.progress)
+            writer = RecordWriter(self.records_path, append=self._append_records)
+            display = ProgressDisplay(enabled=self.options.progress, records_path=self.records_path,
+                                      exporter=self.exporter, schedule_span_s=self.workload["arrival_s"].max(),
+                                      closed_loop=self.options.max_concurrency is not None)
             # Objects alive now (imports, the workload's lists) never need collecting: freezing them keeps
-            # the collector's full passes short, which would otherwise delay the dispatcher by tens of ms.
-            gc.collect()
+            # the collector's full passes short, which would otherwise delay the dispatcher by tens of ms. No
+            # gc.collect() first: it takes 50 ms or more, all before the first request, and the little garbage
+            # frozen with them is collected after the run (unfreeze).
+            columns = self.prepare()
+            self._columns = None  # made again for another run: the synthesizer and sessions start afresh
             gc.freeze()
-            # Time 0 of the schedule, a little ahead so the first requests are not late by the set-up below.
-            t0 = loop.time() + _START_LEAD_S
+            # Time 0 of the schedule on the monotonic clock (the records' clock): the shared wall-clock start,
+            # or a little ahead so the first requests are not late by the set-up below.
+            if start_unix is None:
+                t0 = time.monotonic() + _START_LEAD_S
+            else:
+                t0 = time.monotonic() + (start_unix - time.time())
             scraper = None
             background: list[asyncio.Task] = []
             if self.options.metrics_url:
@@ -225,55 +293,83 @@ class LoadGenerator:
                     headers=self.headers,
                     warn=self.warn,
                 )
+                self._scraper = scraper
+                display.server_rows = scraper.rows
                 background.append(asyncio.create_task(scraper.run()))
             background.append(asyncio.create_task(self._tick(writer, display, t0)))
             try:
-                await self._dispatch_and_drain(session, writer, t0, model)
+                await self._dispatch_and_drain(session, writer, t0, model, columns)
             finally:
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
-                display.close(self.counters, loop.time() - t0)
+                writer.flush()  # the display reads the last records from the file
+                display.close(self.counters, time.monotonic() - t0)
                 writer.close()
                 gc.unfreeze()
-        records = read_records_jsonl(self.records_path)
-        if self._temporary_records:
-            self.records_path.unlink(missing_ok=True)
-        unsent = self._unsent_records(records, model)
-        records = pl.concat([records, conform_request_records(unsent)]).sort("request_id")
-        return BenchResult(
-            records=records,
-            server_metrics=scraper.frame() if scraper is not None else None,
+        if self.connection_waits:
+            self.warn(f"{self.connection_waits} request(s) waited for a free connection: all "
+                      f"{self.options.max_connections} allowed (--max-connections) were busy; the waits count as "
+                      "dispatch lag. Raise --max-connections if the server can take more connections.")
+        return SendOutcome(
+            model=model,
             interrupted=self.stop.is_set(),
             stop_reason=self.stop_reason,
             started_at_utc=started_at,
             wall_duration_s=time.perf_counter() - wall_start,
-            model=model,
             warnings=self.warnings,
             sim_server=sim_server,
+            connection_waits=self.connection_waits,
+            cpu_s=time.process_time() - cpu_start,
         )
 
-    async def _dispatch_and_drain(self, session, writer: RecordWriter, t0: float, model: str | None) -> None:
-        """Send the schedule, then wait for the requests in flight (after a stop: for the grace period)."""
-        loop = asyncio.get_running_loop()
-        sender = RequestSender(session, self.endpoint, self.headers, t0)
-        synth = PromptSynthesizer(self.options.prompt_seed, tokenizer=self.tokenizer)
+    def _slot_count(self) -> int | None:
+        """Requests allowed in flight at once: the smaller of max_concurrency and max_connections (None: no cap)."""
+        caps = [c for c in (self.options.max_concurrency, self.options.max_connections) if c]
+        return min(caps) if caps else None
+
+    def prepare(self) -> dict:
+        """The workload's columns as Python lists / arrays for the dispatcher, and the prompt synthesizer: made
+        before the schedule starts (for a large workload, or the synthesizer's word pool, this takes long
+        enough to make the first requests late). Made when the generator is; a second run makes them again."""
+        if self._columns is not None:
+            return self._columns
         wl = self.workload
-        arrivals = wl["arrival_s"].to_numpy()
-        ids = wl["request_id"].to_list()
-        input_tokens = wl["input_tokens"].to_list()
-        output_tokens = wl["output_tokens"].to_list()
-        caps = wl["max_output_tokens"].to_list()
-        prompts = wl["prompt"].to_list()
-        models = wl["model"].to_list()
-        services = wl["service"].to_list()
-        sessions = wl["session_id"].to_list()
-        turns = wl["turn"].to_list()
-        block_ids = wl["prefix_block_ids"].to_list()
-        block_sizes = wl["prefix_block_size"].to_list()
-        think_s = wl["think_time_s"].fill_null(float("nan")).to_numpy()
-        next_turn, follows = session_successors(wl)
-        slots = asyncio.Semaphore(self.options.max_concurrency) if self.options.max_concurrency else None
+        columns = {name: wl[name].to_list() for name in (
+            "request_id", "input_tokens", "output_tokens", "max_output_tokens", "prompt", "model", "service",
+            "session_id", "turn", "prefix_block_ids", "prefix_block_size")}
+        columns["arrival_s"] = wl["arrival_s"].to_numpy()
+        columns["think_time_s"] = wl["think_time_s"].fill_null(float("nan")).to_numpy()
+        columns["next_turn"], columns["follows"] = session_successors(wl)
+        columns["synth"] = PromptSynthesizer(self.options.prompt_seed, tokenizer=self.tokenizer)
+        self._columns = columns
+        return columns
+
+    async def _dispatch_and_drain(self, session, writer: RecordWriter, t0: float, model: str | None,
+                                  columns: dict) -> None:
+        """Send the schedule, then wait for the requests in flight (after a stop: for the grace period)."""
+        sender = RequestSender(session, self.endpoint, self.headers, t0)
+        clock = time.monotonic  # the records' clock (see RequestSender): not uvloop's loop.time(), in whole ms
+        synth = columns["synth"]
+        arrivals = columns["arrival_s"]
+        ids = columns["request_id"]
+        input_tokens = columns["input_tokens"]
+        output_tokens = columns["output_tokens"]
+        caps = columns["max_output_tokens"]
+        prompts = columns["prompt"]
+        models = columns["model"]
+        services = columns["service"]
+        sessions = columns["session_id"]
+        turns = columns["turn"]
+        block_ids = columns["prefix_block_ids"]
+        block_sizes = columns["prefix_block_size"]
+        think_s = columns["think_time_s"]
+        next_turn, follows = columns["next_turn"], columns["follows"]
+        slot_count = self._slot_count()
+        slots = asyncio.Semaphore(slot_count) if slot_count else None
+        # Waits for a slot are counted only when the connection cap (not a chosen max_concurrency) is the limit.
+        count_waits = slot_count is not None and slot_count != self.options.max_concurrency
+        worker = self.options.worker
         tasks: set[asyncio.Task] = set()
         idle = asyncio.Event()
         counters = self.counters
@@ -288,6 +384,7 @@ class LoadGenerator:
                 input_tokens=input_tokens[i],
                 session_id=sessions[i],
                 turn=turns[i],
+                worker=worker,
             )
             try:
                 prompt = prompts[i]
@@ -333,14 +430,13 @@ class LoadGenerator:
             due = max(previous_end_s, float(arrivals[j])) if np.isnan(think) else previous_end_s + float(think)
             try:
                 while not self.stop.is_set():
-                    delay = t0 + due - loop.time()
+                    delay = t0 + due - clock()
                     if delay <= 0:
                         break
-                    await asyncio.sleep(min(delay, 0.25))
-                if self.stop.is_set() or (slots is not None and not await self._acquire(slots)):
+                    await asyncio.sleep(min(max(delay, MIN_SLEEP_S), 0.25))
+                if self.stop.is_set() or (slots is not None and not await self._acquire(slots, count_waits)):
                     return  # never sent: recorded as not_sent after the run
                 counters.sent += 1
-                counters.recent_sends.append(loop.time())
             finally:
                 pending_turns -= 1
                 if dispatch_done and counters.in_flight == 0 and pending_turns == 0:
@@ -355,15 +451,15 @@ class LoadGenerator:
             if follows[i]:  # a later turn: sent by its predecessor's completion, not on the schedule
                 i += 1
                 continue
-            delay = t0 + arrivals[i] - loop.time()
+            delay = t0 + arrivals[i] - clock()
             if delay > 0:
-                # Short sleeps so a stop is noticed within 0.25 s even in a long quiet gap.
-                await asyncio.sleep(min(delay, 0.25))
+                # Short sleeps so a stop is noticed within 0.25 s even in a long quiet gap; never shorter than
+                # MIN_SLEEP_S, so a sub-millisecond gap is not spent spinning (see MIN_SLEEP_S).
+                await asyncio.sleep(min(max(delay, MIN_SLEEP_S), 0.25))
                 continue
-            if slots is not None and not await self._acquire(slots):
+            if slots is not None and not await self._acquire(slots, count_waits):
                 break
             counters.sent += 1
-            counters.recent_sends.append(loop.time())
             task = asyncio.create_task(one(i, float(arrivals[i])))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -386,8 +482,14 @@ class LoadGenerator:
             for waiter in (stop_wait, idle_wait, force_wait):
                 waiter.cancel()
 
-    async def _acquire(self, slots: asyncio.Semaphore) -> bool:
-        """Take a concurrency slot; False when the run is stopped while waiting."""
+    async def _acquire(self, slots: asyncio.Semaphore, count_waits: bool = False) -> bool:
+        """Take a concurrency slot; False when the run is stopped while waiting. `count_waits`: count the
+        requests that found every slot taken (`connection_waits`)."""
+        if not slots.locked():  # the common case: a slot is free, take it without a timeout's cost
+            await slots.acquire()
+            return True
+        if count_waits:
+            self.connection_waits += 1
         while not self.stop.is_set():
             try:
                 async with asyncio.timeout(0.25):
@@ -398,28 +500,44 @@ class LoadGenerator:
         return False
 
     async def _tick(self, writer: RecordWriter, display: ProgressDisplay, t0: float) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.25)  # the live view's refresh: about 4 times a second
             writer.flush()
-            display.update(self.counters, loop.time() - t0, loop.time())
+            now = time.monotonic()
+            display.update(self.counters, now - t0, now)
 
-    def _unsent_records(self, records: pl.DataFrame, model: str | None) -> pl.DataFrame:
-        """Records for the workload rows without one: never sent because the run stopped first (or a task
-        cancelled before it ever ran). Status not_sent, sent_s null."""
-        rest = self.workload.join(records.select("request_id"), on="request_id", how="anti")
-        return rest.select(
-            pl.col("request_id"),
-            pl.col("model").fill_null(pl.lit(model, dtype=pl.Utf8)),
-            pl.col("service"),
-            pl.col("arrival_s").alias("scheduled_s"),
-            pl.col("input_tokens"),
-            pl.col("session_id"),
-            pl.col("turn"),
-            pl.lit(STATUS_NOT_SENT).alias("status"),
-            pl.lit(NOT_SENT_MESSAGE).alias("error_message"),
-            pl.lit(0, dtype=pl.Int64).alias("bytes_received"),
-        )
+def run_event_loop(coroutine):
+    """Run a coroutine to completion on a new event loop: uvloop's when installed (it measures faster on the
+    dispatcher's hot path, see benchmarks/bench_loadgen.py) unless BURSTGPT_EVENT_LOOP=asyncio."""
+    factory = None
+    if os.environ.get("BURSTGPT_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)
+
+
+def complete_records(workload: pl.DataFrame, records: pl.DataFrame, model: str | None) -> pl.DataFrame:
+    """The run's records, one per workload row, sorted by request_id: `records` plus a `not_sent` record for
+    each row without one (never sent because the run stopped first, or a task cancelled before it ran)."""
+    rest = workload.join(records.select("request_id"), on="request_id", how="anti")
+    unsent = rest.select(
+        pl.col("request_id"),
+        pl.col("model").fill_null(pl.lit(model, dtype=pl.Utf8)),
+        pl.col("service"),
+        pl.col("arrival_s").alias("scheduled_s"),
+        pl.col("input_tokens"),
+        pl.col("session_id"),
+        pl.col("turn"),
+        pl.lit(STATUS_NOT_SENT).alias("status"),
+        pl.lit(NOT_SENT_MESSAGE).alias("error_message"),
+        pl.lit(0, dtype=pl.Int64).alias("bytes_received"),
+    )
+    return pl.concat([records, conform_request_records(unsent)]).sort("request_id")
 
 
 def session_successors(workload: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

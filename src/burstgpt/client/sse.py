@@ -14,6 +14,11 @@ import json
 from collections.abc import Iterator
 from typing import NamedTuple
 
+try:  # orjson (optional) parses a chunk ~10x faster than json: the client parses every streamed chunk
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _loads = json.loads
+
 #: Longest line accepted, bytes: a line growing past it without an end is not SSE (or not a sane one).
 MAX_LINE_BYTES = 1 << 20
 _FIELDS = (b"event", b"id", b"retry")
@@ -65,6 +70,10 @@ class SSEParser:
 
     def _events(self, lines: list[bytes]) -> Iterator[StreamEvent]:
         for raw in lines:
+            if raw.startswith(b"data:"):  # the common line, first: one check instead of the general path's six
+                value = raw[5:].strip()
+                yield DONE if value == b"[DONE]" else parse_chunk(value, error_event=self._event == b"error")
+                continue
             line = raw.strip()
             if not line:
                 self._event = b""  # a blank line ends an SSE event
@@ -89,7 +98,7 @@ def parse_json_object(data: bytes, what: str, *, error_event: bool = False) -> d
     """A JSON object from the server; `StreamFormatError` if it is not one, `StreamErrorEvent` if it reports an
     error (an `error` member, or data of an SSE `error` event)."""
     try:
-        obj = json.loads(data)
+        obj = _loads(data)
     except (ValueError, RecursionError):  # ValueError covers bad UTF-8; RecursionError absurd nesting
         raise StreamFormatError(f"{what} is not JSON: {data[:80].decode(errors='replace')!r}") from None
     if not isinstance(obj, dict):

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from burstgpt import __version__
+from burstgpt.client.timing import DEFAULT_MAX_CONNECTIONS
 from burstgpt.commands.workload import add_generation_arguments, workload_from_args
 from burstgpt.errors import BurstGPTError
 from burstgpt.metrics.requests import parse_slo
@@ -78,6 +79,20 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                           help="cap requests in flight (makes the run closed-loop; the report says so)")
     schedule.add_argument("--grace", type=float, default=5.0, metavar="S",
                           help="after Ctrl-C/SIGTERM, seconds in-flight requests may finish (default: 5)")
+    schedule.add_argument("--workers", default="auto", metavar="N",
+                          help="sender processes sharing the schedule (requests dealt round-robin, a session "
+                          "stays in one); 'auto': one per available core when the workload's busiest second "
+                          "has over 1000 requests, else 1 (default: auto)")
+    schedule.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                          help="cap of open connections (= requests in flight) over all senders; a request due "
+                          "while all are busy waits, the wait counts as dispatch lag and the run warns "
+                          f"(default: {DEFAULT_MAX_CONNECTIONS})")
+    schedule.add_argument("--strict-timing", action="store_true",
+                          help="exit with status 3 when the run is client-limited (p99 dispatch lag > 10 ms or "
+                          "a request sent > 100 ms late)")
+    schedule.add_argument("--ray-address", metavar="ADDR",
+                          help="run the senders as Ray actors: 'local' (an in-process cluster), 'auto' (the "
+                          "running cluster) or a cluster address; needs burstgpt[ray]")
 
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--out", metavar="RUN_DIR", help="run directory (default: runs/bench-<UTC time>)")
@@ -93,6 +108,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--slo", help="goodput SLOs, seconds, e.g. ttft=2,tpot=0.1 (keys: ttft, tpot, e2e, "
                      "latency_per_output_token)")
     out.add_argument("--quiet", action="store_true", help="no live progress and no summary table")
+    out.add_argument("--prometheus-port", type=int, metavar="P",
+                     help="serve the client's own metrics (requests by status and failure class, TTFT, TPOT, ITL, "
+                     "end-to-end latency, dispatch lag, in flight) for Prometheus on 127.0.0.1:P/metrics while "
+                     "the run lasts; 0 picks a free port and prints it (see docs/grafana.md)")
 
 
 def parse_headers(items: list[str]) -> dict[str, str]:
@@ -139,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
             raise BurstGPTError(f"--{name.replace('_', '-')} must be > 0")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise BurstGPTError("--max-concurrency must be >= 1")
+    if args.max_connections < 1:
+        raise BurstGPTError("--max-connections must be >= 1")
+    workers_flag = _workers_flag(args.workers)
     slo = parse_slo(args.slo)
     headers = parse_headers(args.header)
     saved_headers = _saved_headers(headers)
@@ -176,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_url=metrics_url,
         scrape_interval_s=args.scrape_interval,
         progress=not args.quiet,
+        max_connections=args.max_connections,
     )
     config = {
         "command": "bench",
@@ -215,21 +238,54 @@ def run(args: argparse.Namespace) -> int:
     def warn(message: str) -> None:
         err.print(f"[yellow]warning:[/] {message}", highlight=False)
 
+    from burstgpt.client.workers import MultiSenderRun, auto_worker_count
+
+    # --workers auto on Ray: one sender per CPU of the cluster (known once joined; config.json then says null)
+    workers = workers_flag or (None if args.ray_address else auto_worker_count(workload))
+    config.update(workers=workers, max_connections=args.max_connections, ray_address=args.ray_address,
+                  strict_timing=args.strict_timing)
+    exporter = None
+    if args.prometheus_port is not None:
+        if not 0 <= args.prometheus_port <= 65535:
+            raise BurstGPTError(f"--prometheus-port {args.prometheus_port}: give a port 0-65535 (0: a free one)")
+        from burstgpt.client.exporter import ClientMetricsExporter
+
+        exporter = ClientMetricsExporter()
+        config["prometheus_port"] = args.prometheus_port
     # Checks the workload (finite, sorted arrivals) before anything is written.
-    generator = LoadGenerator(workload, endpoint, options, headers=headers, records_path=run_dir / RECORDS_JSONL,
-                              warn=warn, workload_source=args.workload or "the generated workload")
+    source = args.workload or "the generated workload"
+    if workers == 1 and args.ray_address is None:
+        generator = LoadGenerator(workload, endpoint, options, headers=headers,
+                                  records_path=run_dir / RECORDS_JSONL, warn=warn, workload_source=source,
+                                  exporter=exporter)
+    else:
+        generator = MultiSenderRun(workload, endpoint, options, workers=workers, headers=headers,
+                                   records_path=run_dir / RECORDS_JSONL, warn=warn, workload_source=source,
+                                   ray_address=args.ray_address, exporter=exporter)
+    if exporter is not None:  # listening before anything is written: a port in use leaves no run behind
+        exporter.watch(generator.counters)
+        exporter.start(args.prometheus_port)
+        err.print(f"client metrics for Prometheus: {exporter.url}", highlight=False)
     prepare_run_directory(run_dir, overwrite=args.overwrite)
     write_json_atomic(run_dir / CONFIG_FILE, config)  # now, so even a killed run says how it was started
     write_workload(workload, run_dir / WORKLOAD_FILE)  # the exact requests, for a rerun with --workload
     try:
         result = generator.run_sync()
     except BurstGPTError:  # a failed start (no server): leave nothing that looks like a run
+        if exporter is not None:
+            exporter.close()
         remove_run_files(run_dir)
         if created_dir:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
         raise
     config["model_used"] = result.model
+    config["workers"] = result.workers  # as run (--workers auto on Ray: the cluster's CPUs)
+    timing = timing_facts(result, generator, closed_loop=args.max_concurrency is not None,
+                          max_connections=args.max_connections)
+    if timing["client_limited"]:
+        warn(timing["reason"])
+        result.warnings.append(timing["reason"])
     with _signals_deferred() as deferred:  # a signal now would leave no summary: finish writing first
         summary = write_run_directory(
             run_dir,
@@ -245,15 +301,71 @@ def run(args: argparse.Namespace) -> int:
                 "interrupted": result.interrupted,
                 "stop_reason": result.stop_reason,
                 "warnings": result.warnings,
+                "timing": timing,
             },
             producer="serve-sim+bench" if result.sim_server else "bench",
         )
+    if exporter is not None:  # served until the run directory is written, for a last scrape
+        exporter.close()
     if not args.quiet:
         Console().print(summary_table(summary, title=f"burstgpt bench: {run_dir}"))
+        Console().print(f"timing ({result.workers} sender{'s' if result.workers > 1 else ''}): {timing['reason']}",
+                        highlight=False)
     if not summary.requests.balanced:  # would be a bug in the client: say so loudly
         print("burstgpt: error: request accounting does not balance; see summary.json", file=sys.stderr)
         return 1
-    return 130 if result.interrupted or deferred else 0
+    if result.interrupted or deferred:
+        return 130
+    return STRICT_TIMING_STATUS if args.strict_timing and timing["client_limited"] else 0
+
+
+#: Exit status of a client-limited run under --strict-timing.
+STRICT_TIMING_STATUS = 3
+
+
+def _workers_flag(value: str) -> int | None:
+    """--workers: a positive count, or None for 'auto'."""
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise BurstGPTError(f"--workers {value!r}: give a number or 'auto'") from None
+    if count < 1:
+        raise BurstGPTError("--workers must be >= 1")
+    return count
+
+
+def timing_facts(result, generator, *, closed_loop: bool, max_connections: int | None) -> dict:
+    """The summary's `run.timing` section: the dispatch-lag verdict overall and per sender, the connection
+    cap and its waits, and (Ray) the senders' nodes and clock offsets."""
+    from burstgpt.client.timing import records_verdict, worker_verdicts
+
+    overall = records_verdict(result.records)
+    sent = result.records.filter(result.records["sent_s"].is_not_null())
+    per_worker = worker_verdicts(sent, sent["worker"].fill_null(0).to_numpy()) if sent.height else {}
+    facts = getattr(generator, "facts", [])
+    if closed_loop:  # waiting for a free slot is the point of a closed loop, not the client falling behind
+        client_limited = False
+        reason = f"closed loop (--max-concurrency): dispatch lag includes waits for a free slot; {overall.reason}"
+    else:
+        client_limited = overall.client_limited
+        reason = overall.reason
+    return {
+        "verdict": "closed-loop" if closed_loop else overall.label,
+        "client_limited": client_limited,
+        "reason": reason,
+        "workers": result.workers,
+        "dispatch": overall.as_dict(),
+        "per_worker": {str(k): v.as_dict() for k, v in per_worker.items()},
+        "max_connections": max_connections,
+        "connection_waits": result.connection_waits,
+        "client_cpu_s": result.cpu_s,  # user + system CPU of sending, every sender process
+        "client_cpu_ms_per_request": (1e3 * result.cpu_s / sent.height if result.cpu_s is not None and sent.height
+                                      else None),
+        "senders": [{"worker": f.worker, "requests": f.requests, "node": f.node, "clock_offset_s": f.clock_offset_s,
+                     "clock_rtt_s": f.clock_rtt_s} for f in facts],
+    }
 
 
 @contextlib.contextmanager

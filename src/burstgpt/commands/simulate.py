@@ -130,6 +130,13 @@ def register(subparsers) -> None:
     parser.add_argument("--window", type=float, default=10.0, help="instantaneous-metric window, seconds (10)")
     parser.add_argument("--no-jump", action="store_true",
                         help="take every decode step singly (slow; same results, for checking)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes to simulate with: parts of the workload that start where the engine is "
+                        "idle run in parallel, with the same results (default: one per CPU, up to 4, for 100,000 "
+                        "requests or more; 1 = one process)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no live view (on a terminal: simulated time, requests, batch, queue, KV usage, "
+                        "preemptions; otherwise a plain line every 5 s)")
     parser.set_defaults(func=run_simulate)
 
 
@@ -140,6 +147,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     from burstgpt.report.rundir import write_run_directory
 
     check_interval(args.metrics_interval)
+    if args.workers is not None and args.workers < 1:
+        raise BurstGPTError(f"--workers must be at least 1, got {args.workers}")
     setup = engine_setup_from_args(args)
     output_model = parse_output_length_model(args.output_lengths)
     workload = workload_from_args(args)
@@ -149,17 +158,17 @@ def run_simulate(args: argparse.Namespace) -> int:
     # As for bench: a non-empty --out is refused unless --overwrite, and then the old summary goes first, so
     # an interrupted run never leaves the directory looking complete.
     prepare_run_directory(args.out, overwrite=args.overwrite)
-    progress = _progress_bar(workload.height)
+    from burstgpt.sim.progress import SimulationProgress
+
+    progress = SimulationProgress(enabled=not args.quiet)
     started = time.perf_counter()
     try:
         result = simulate_workload(
             workload, setup, output_lengths=output_model, seed=args.seed, jump=not args.no_jump,
-            progress=progress.update if progress else None, steps=args.steps,
-            metrics_interval_s=args.metrics_interval,
+            progress=progress, steps=args.steps, metrics_interval_s=args.metrics_interval, workers=args.workers,
         )
     finally:
-        if progress:
-            progress.close()
+        progress.close()
     wall_s = time.perf_counter() - started
     num_requests = workload.height
     del workload  # the records carry what the run directory needs from it: free it before writing
@@ -202,25 +211,3 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc
-
-
-class _Progress:
-    """A rich progress bar on stderr (only when stderr is a terminal)."""
-
-    def __init__(self, total: int) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                  TimeElapsedColumn(), transient=True)
-        self._task = self._progress.add_task("simulate", total=total)
-        self._progress.start()
-
-    def update(self, absorbed: int) -> None:
-        self._progress.update(self._task, completed=absorbed)
-
-    def close(self) -> None:
-        self._progress.stop()
-
-
-def _progress_bar(total: int) -> _Progress | None:
-    return _Progress(total) if sys.stderr.isatty() else None

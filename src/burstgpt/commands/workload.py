@@ -363,8 +363,23 @@ def _print_client_mix(mix: pl.DataFrame) -> None:
     Console(width=120).print(table)
 
 
+def _print_session_turns(turns: pl.DataFrame) -> None:
+    """The turns-per-session table of `workload inspect` (nothing for a workload without sessions)."""
+    if turns.height == 0:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="turns per session", title_justify="left")
+    for name in ("turns", "sessions", "share"):
+        table.add_column(name, justify="right")
+    for row in turns.iter_rows(named=True):
+        table.add_row(row["turns"], str(row["sessions"]), f"{row['share']:.1%}")
+    Console(width=120).print(table)
+
+
 def _cmd_inspect(args) -> int:
-    from burstgpt.workload.inspect import client_mix, plot_workload, workload_stats
+    from burstgpt.workload.inspect import client_mix, plot_workload, session_turns, workload_stats
 
     frame = read_workload(args.workload_file)
     stats = workload_stats(frame)
@@ -373,6 +388,7 @@ def _cmd_inspect(args) -> int:
         shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     _print_client_mix(client_mix(frame))
+    _print_session_turns(session_turns(frame))
     if not args.no_plots and frame.height:
         out = Path(args.plots) if args.plots else Path(args.workload_file).with_name(
             Path(args.workload_file).stem + "-plots")

@@ -48,8 +48,9 @@ SUMMARY_FILE = "summary.json"
 TIMELINE_FIGURE = "timeline.png"
 #: Files a run writes (besides its extra tables); summary first: removing it first unmarks a complete run.
 STEPS_FILE = "steps.parquet"  # simulate only: one row per engine step
+REPORT_FILE = "report.html"  # the self-contained report (burstgpt.report.html)
 RUN_FILES = (SUMMARY_FILE, CONFIG_FILE, WORKLOAD_FILE, RECORDS_JSONL, RECORDS_PARQUET, TIMESERIES_FILE,
-             SERVER_METRICS_FILE, TIMELINE_FIGURE, STEPS_FILE)
+             SERVER_METRICS_FILE, TIMELINE_FIGURE, STEPS_FILE, REPORT_FILE)
 
 
 def new_run_id() -> str:

@@ -28,6 +28,8 @@ All times are seconds since the run's start (the instant request schedule time 0
 | cached_prompt_tokens| Int64        | prompt tokens found in the prefix cache when first scheduled (vLLM's     |
 |                     |              | usage.prompt_tokens_details.cached_tokens); simulator: null if never     |
 |                     |              | scheduled; client: null unless the server reports it                     |
+| worker              | Int64        | client: index of the sender process that sent it (`bench --workers`),    |
+|                     |              | 0 for a single sender; null for the simulator                            |
 
 `sent_s` is null exactly for `not_sent` records, so `sent = ok + failed + cancelled` and
 `total = sent + not_sent` hold for every complete record table.
@@ -77,6 +79,7 @@ ERROR_CLASSES = (
     "stream_error_event",  # an error object arrived inside the stream
     "malformed_response",  # response not parseable as the expected JSON / SSE
     "rejected",  # refused by the server's queue limit (sim)
+    "client_limit",  # the client's own limit, not the server: out of file descriptors or local ports
     "other",
 )
 
@@ -113,6 +116,7 @@ class RequestRecord:
     session_id: str | None = _column(pl.Utf8(), default=None)
     turn: int | None = _column(pl.Int64(), default=None)
     cached_prompt_tokens: int | None = _column(pl.Int64(), default=None)
+    worker: int | None = _column(pl.Int64(), default=None)
 
     def fail(self, error_class: str, message: str) -> None:
         """Mark the request failed with one of ERROR_CLASSES and a short message."""

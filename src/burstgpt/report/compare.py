@@ -1,4 +1,5 @@
-"""Re-render one run directory, or compare several side by side (table, CSV and overlaid Fig 16 panels)."""
+"""Re-render one run directory, or compare several side by side (table, CSV, overlaid Fig 16 panels and
+report.html)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from burstgpt.metrics.windows import window_series
 from burstgpt.outputs import atomic_path
 from burstgpt.records import RunDirectory, RunSummary, read_run_directory
 from burstgpt.report.figures import RunSeries, plot_timeline
+from burstgpt.report.html import write_comparison_report
 from burstgpt.report.rundir import build_summary, render_run, write_run_directory
 
 COMPARISON_FILE = "comparison.csv"
@@ -98,8 +100,8 @@ def compare_runs(
 ) -> tuple[list[str], list[RunSummary], pl.DataFrame]:
     """Compare runs under the same windows and SLOs (their directories are not modified).
 
-    Writes `comparison.csv` (one row per run, with each run's producer) and `comparison.png` (Fig 16 panels,
-    one line per run) into `out_dir`; returns (labels, summaries, comparison frame).
+    Writes `comparison.csv` (one row per run, with each run's producer), `comparison.png` (Fig 16 panels,
+    one line per run) and `report.html` (`burstgpt.report.html.write_comparison_report`) into `out_dir`; returns (labels, summaries, comparison frame).
     """
     runs: list[RunDirectory] = [read_run_directory(p) for p in run_dirs]
     labels = run_labels([r.path for r in runs])
@@ -116,4 +118,5 @@ def compare_runs(
     with atomic_path(out_dir / COMPARISON_FILE) as tmp:
         frame.write_csv(tmp)
     plot_timeline(series, out_dir / COMPARISON_FIGURE, title="run comparison")
+    write_comparison_report(out_dir, labels, summaries, frame, series, [run.records for run in runs])
     return labels, summaries, frame

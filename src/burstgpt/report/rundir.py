@@ -5,6 +5,8 @@ typed summary (summary.json, last). See `burstgpt.records.rundir` for the files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -34,6 +36,7 @@ from burstgpt.records import (
 )
 from burstgpt.records.rundir import legacy_producer
 from burstgpt.report.figures import RunSeries, plot_timeline
+from burstgpt.report.html import write_run_report
 
 __all__ = [
     "CONFIG_FILE",
@@ -82,9 +85,14 @@ def write_run_directory(
     config = {**config, "run_id": config.get("run_id") or new_run_id(),
               "producer": producer or config.get("producer") or legacy_producer(config)}
     server = conform_server_metrics(server_metrics) if server_metrics is not None else None
-    write_run_tables(run_dir, records, config=config, server_metrics=server, extra_tables=extra_tables)
-    return render_run(Path(run_dir), records, config=config, server_metrics=server, window_s=window_s,
-                      step_s=step_s, slo=slo, run_info=run_info, title=title)
+    records = conform_request_records(records)
+    # No summary from an earlier write may stand beside the new files (they are written on two threads).
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / SUMMARY_FILE).unlink(missing_ok=True)
+    return _render_run(Path(run_dir), records, config=config, server_metrics=server, window_s=window_s,
+                       step_s=step_s, slo=slo, run_info=run_info, title=title,
+                       write_tables=lambda: write_run_tables(run_dir, records, config=config, server_metrics=server,
+                                                             extra_tables=extra_tables))
 
 
 def render_run(
@@ -100,22 +108,52 @@ def render_run(
     title: str | None = None,
 ) -> RunSummary:
     """(Re)write the derived files of a run directory (timeseries.csv, timeline.png, summary.json)."""
-    run_dir = Path(run_dir)
-    records = conform_request_records(records)
-    timeseries = window_series(records, window_s, step_s, slo=slo, server_metrics=server_metrics)
-    with atomic_path(run_dir / TIMESERIES_FILE) as tmp:
-        timeseries.write_csv(tmp)
-    producer = config.get("producer") or legacy_producer(config)
-    plot_timeline(
-        [RunSeries(run_dir.name, timeseries, server_metrics)],
-        run_dir / TIMELINE_FIGURE,
-        title=title or _default_title(run_dir, config, producer),
-    )
+    return _render_run(Path(run_dir), conform_request_records(records), config=config, server_metrics=server_metrics,
+                       window_s=window_s, step_s=step_s, slo=slo, run_info=run_info, title=title)
+
+
+def _render_run(
+    run_dir: Path,
+    records: pl.DataFrame,
+    *,
+    config: dict,
+    server_metrics: pl.DataFrame | None,
+    window_s: float,
+    step_s: float | None,
+    slo: dict[str, float] | None,
+    run_info: dict | None,
+    title: str | None,
+    write_tables: Callable[[], object] | None = None,
+) -> RunSummary:
+    """`render_run` of conformed `records`, after `write_tables()` (the directory's other files) if given."""
+    timeseries = window_series(records, window_s, step_s, slo=slo, server_metrics=server_metrics)  # every core
+    # Then two threads: the tables and the summary's metrics there (Polars and Arrow, which release the GIL), the
+    # time series' CSV and the figure here (matplotlib, which holds it).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-tables") as pool:
+        background = pool.submit(_tables_and_metrics, write_tables, records, server_metrics, slo)
+        with atomic_path(run_dir / TIMESERIES_FILE) as tmp:
+            timeseries.write_csv(tmp)
+        producer = config.get("producer") or legacy_producer(config)
+        plot_timeline(
+            [RunSeries(run_dir.name, timeseries, server_metrics)],
+            run_dir / TIMELINE_FIGURE,
+            title=title or _default_title(run_dir, config, producer),
+        )
+        metrics = background.result()
     summary = build_summary(records, config=config, server_metrics=server_metrics, window_s=window_s,
                             step_s=step_s, slo=slo, run_info=run_info,
                             files=sorted({p.name for p in run_dir.iterdir() if not p.name.startswith(".")}
-                                         | {SUMMARY_FILE}))
+                                         | {SUMMARY_FILE}), metrics=metrics)
+    summary = write_run_report(run_dir, summary, timeseries, records=records, config=config,
+                               server_metrics=server_metrics, title=title or "")  # report.html, before summary.json
     return write_run_summary(run_dir, summary)
+
+
+def _tables_and_metrics(write_tables: Callable[[], object] | None, records: pl.DataFrame,
+                        server_metrics: pl.DataFrame | None, slo: dict[str, float] | None) -> tuple[dict, dict | None]:
+    if write_tables is not None:
+        write_tables()
+    return summary_metrics(records, server_metrics, slo)
 
 
 def build_summary(
@@ -128,9 +166,13 @@ def build_summary(
     slo: dict[str, float] | None = None,
     run_info: dict | None = None,
     files: list[str] = (),
+    metrics: tuple[dict, dict | None] | None = None,
 ) -> RunSummary:
     """A run's typed summary: facts from `config` and `run_info`, the metrics of `records` under `slo`, the
-    server summary. `window_s`/`step_s` are recorded as the windows the run's time series uses."""
+    server summary. `window_s`/`step_s` are recorded as the windows the run's time series uses. `metrics`:
+    `summary_metrics(records, server_metrics, slo)` when already computed."""
+    request_metrics, server_summary = metrics if metrics is not None else summary_metrics(records, server_metrics,
+                                                                                          slo)
     facts = {
         "loop": "closed" if config.get("max_concurrency") else "open",
         "max_concurrency": config.get("max_concurrency"),
@@ -143,10 +185,17 @@ def build_summary(
         "producer": config.get("producer") or legacy_producer(config),
         "run_id": config.get("run_id"),
         "run": facts,
-        **average_metrics(records, slo),
-        "server": summarize_server_metrics(server_metrics),
+        **request_metrics,
+        "server": server_summary,
         "files": list(files),
     })
+
+
+def summary_metrics(records: pl.DataFrame, server_metrics: pl.DataFrame | None, slo: dict[str, float] | None
+                    ) -> tuple[dict, dict | None]:
+    """The measured parts of a run's summary: the request metrics of `records` under `slo` and the server
+    summary (JSON-ready)."""
+    return average_metrics(records, slo), summarize_server_metrics(server_metrics)
 
 
 def _default_title(run_dir: Path, config: dict, producer: str) -> str:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import gc
 import math
-from heapq import heappop
+from heapq import heappop, heappush
 
 from burstgpt.sim.latency import DecodeLines, LatencyModel
 from burstgpt.sim.scheduler import (
@@ -60,6 +60,15 @@ from burstgpt.sim.step_log import STEP_COLUMNS
 
 __all__ = ["CANCELLED", "DONE", "INVALID", "PENDING", "REJECTED", "RUNNING", "STEP_COLUMNS", "TIMED_OUT", "WAITING",
            "EngineConfig", "ServingEngine"]
+
+
+def _one_line_total(upper0: float, upper1: float, overhead: float):
+    """`DecodeLines.total` of step-time lines of which one stays on top (the same float operations)."""
+
+    def total(steps: int) -> float:
+        return steps * upper0 + upper1 * (steps * (steps - 1) / 2) + steps * overhead
+
+    return total
 
 
 class ServingEngine(Scheduler):
@@ -206,8 +215,15 @@ class ServingEngine(Scheduler):
                     self._complete(rid, t_end)
                     ended.append(rid)
                     finished += 1
-                else:
-                    self._add_decoder(rid, computed_col[rid])
+                else:  # `_add_decoder`, inline (once per request)
+                    rid_base = computed_col[rid] - clock
+                    self.base[rid] = rid_base
+                    self.is_decoder[rid] = 1
+                    self.decoder_ids.add(rid)
+                    self.num_decoders += 1
+                    self.decoder_base_sum += rid_base
+                    kv_cache.by_residue[rid_base % bs] += 1
+                    heappush(self.finish_heap, (prompt[rid] + output_len[rid] - rid_base - 1, rid))
         heap = self.finish_heap
         if heap and heap[0][0] <= clock:
             finished += self._finish_decoders(t_end, ended, released)
@@ -232,6 +248,7 @@ class ServingEngine(Scheduler):
         kv_cache = self.kv
         by_residue = kv_cache.by_residue
         is_decoder, prompt, output_len, base = self.is_decoder, self.prompt, self.output_len, self.base
+        state = self.state
         line_coefficients = self.latency.decode_line_coefficients
         first_reaching = self._first_reaching
         log = self.steps if self.record_steps else None
@@ -257,12 +274,10 @@ class ServingEngine(Scheduler):
             lines = line_coefficients(n, self.decoder_base_sum + n * (clock + 1))  # `DecodeLines` fields
             a0, a1, b0, b1, overhead = lines
             upper0, upper1, lower1 = (a0, a1, b1) if a0 >= b0 else (b0, b1, a1)
-            if lower1 > upper1:  # the lines may cross: `DecodeLines.total` in full
-                total = DecodeLines(*lines).total
-            else:
-                def total(steps: int, upper0=upper0, upper1=upper1, overhead=overhead) -> float:
-                    """`DecodeLines.total` when one line stays on top (the same float operations)."""
-                    return steps * upper0 + upper1 * (steps * (steps - 1) / 2) + steps * overhead
+            # `total(j)`: seconds of the run's first j steps. When one line stays on top (the usual case) it is
+            # written out inline below, `j * upper0 + upper1 * (j * (j - 1) / 2) + j * overhead` (the same float
+            # operations as `DecodeLines.total`), and made a function only for the rare bisection.
+            total = DecodeLines(*lines).total if lower1 > upper1 else None  # None: one line stays on top
             # Step j + 1 (j >= 1) runs only if it starts before `limit` (the next arrival or deadline): k is the
             # first j >= 1 whose end t + total(j) reaches `limit`, else k_max.
             k = k_max
@@ -275,19 +290,26 @@ class ServingEngine(Scheduler):
                     k = 1
                 if k > k_max:
                     k = k_max
-                end = t + total(k)
+                end = t + (total(k) if total else k * upper0 + upper1 * (k * (k - 1) / 2) + k * overhead)
                 if end < limit:
                     if k < k_max:
-                        k = first_reaching(total, t, limit, k + 1, k_max)
+                        k = first_reaching(total or _one_line_total(upper0, upper1, overhead), t, limit, k + 1, k_max)
                         end = None
-                elif k > 1 and t + total(k - 1) >= limit:
-                    k = first_reaching(total, t, limit, 1, k - 1)
-                    end = None
-            now = t + total(k) if end is None else end
+                elif k > 1:
+                    j = k - 1
+                    if t + (total(j) if total else j * upper0 + upper1 * (j * (j - 1) / 2) + j * overhead) >= limit:
+                        k = first_reaching(total or _one_line_total(upper0, upper1, overhead), t, limit, 1, j)
+                        end = None
+            now = end if end is not None else t + (
+                total(k) if total else k * upper0 + upper1 * (k * (k - 1) / 2) + k * overhead)
             clock += k
             self.clock = clock
             residues_before = tuple(by_residue) if log is not None else None
-            kv_cache.free = free_blocks - kv_cache.run_growth(k, first, n)
+            # The blocks the run takes: k // bs whole cycles of every decoder, then the decoders at residues first,
+            # first - 1, ..., first - k % bs + 1 (mod bs).
+            low = first - k % bs + 1
+            kv_cache.free = free_blocks - (k // bs) * n - (
+                sum(by_residue[low:first + 1]) if low >= 0 else sum(by_residue[:first + 1]) + sum(by_residue[low:]))
             if kv_cache.free < kv_cache.evictable:  # the run's new blocks evicted cached free ones
                 self._evict_taken()
             self.starved = _NO_REQUESTS
@@ -311,7 +333,11 @@ class ServingEngine(Scheduler):
             # reached, nobody queued, and the next step's new blocks fit (exactly what `step` would check).
             if not self.num_decoders or self.num_waiting or now >= limit:
                 return
-            next_deadline = self._next_deadline()
+            oldest = self.oldest_live
+            if oldest < self.next_arrival and state[oldest] < DONE and not self.abort_delay:
+                next_deadline = self.deadline[oldest]  # `_next_deadline()`, its usual case inline
+            else:
+                next_deadline = self._next_deadline()
             if now >= next_deadline or by_residue[-clock % bs] > kv_cache.free:
                 return
             t = now
@@ -328,24 +354,34 @@ class ServingEngine(Scheduler):
                 low = middle + 1
         return low
 
-    def run(self, *, jump: bool = True, progress=None) -> None:
-        """Run until every submitted request has ended. `progress(requests_absorbed)` is called now and then."""
+    def run(self, *, jump: bool = True, progress=None, when_fresh=None) -> bool:
+        """Run until every submitted request has ended. `progress(requests_absorbed)` is called now and then.
+
+        `when_fresh(next_request)` is called whenever the engine is idle, carrying nothing over to the requests
+        not absorbed yet (`carries_nothing_over`: from there a new engine given those requests alone runs them
+        exactly as this one would), with the index of the next one; if it returns True the run stops there and
+        `run` returns True (a later `run()` carries on). `burstgpt.sim.parallel` runs parts of a workload in
+        parallel that way."""
         # The engine makes no reference cycles, but its loop allocates millions of small tuples, which would
         # trigger the cyclic garbage collector over and over (about 6% of the run): pause it meanwhile.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            self._run(jump, progress)
+            return self._run(jump, progress, when_fresh)
         finally:
             if collecting:
                 gc.enable()
 
-    def _run(self, jump: bool, progress) -> None:
+    def _run(self, jump: bool, progress, when_fresh) -> bool:
         step, arrival = self.step, self.arrival
         calls = 0
+        stopped = False
         while True:
             if not step(jump=jump):
                 if self.next_arrival >= self.num_submitted:
+                    break
+                if when_fresh is not None and self.carries_nothing_over() and when_fresh(self.next_arrival):
+                    stopped = True
                     break
                 self.now = max(self.now, arrival[self.next_arrival])
             calls += 1
@@ -353,3 +389,4 @@ class ServingEngine(Scheduler):
                 progress(self.next_arrival)
         if progress is not None:
             progress(self.next_arrival)
+        return stopped

@@ -17,7 +17,8 @@ without preemptions never touches the LRU.
 Decoding requests are summarised rather than tracked one by one: the engine's decode clock counts decode steps,
 a decoder's computed tokens are its `base` plus the clock, and `by_residue[r]` counts the decoders whose base is
 r modulo block_size. At decode clock c the decoders with base = -c mod block_size fill their last block and take
-a new one, so a run of pure-decode steps takes blocks in closed form (`run_growth`, `steps_until_shortage`).
+a new one, so a run of pure-decode steps takes blocks in closed form (`steps_until_shortage`; the blocks a run
+takes are summed in `ServingEngine._decode_run`, on its hot path).
 """
 
 from __future__ import annotations
@@ -193,10 +194,3 @@ class KVCache:
         at_most = [0, *accumulate(by_residue[first::-1] + by_residue[:first:-1])]
         steps = quotient * bs + bisect_right(at_most, remainder) - 1
         return steps if steps < limit else limit
-
-    def run_growth(self, steps: int, first: int, decoders: int) -> int:
-        """Blocks a run of `steps` pure-decode steps of `decoders` requests takes (`first` as above)."""
-        bs, by_residue = self.block_size, self.by_residue
-        low = first - steps % bs + 1  # after steps // bs whole cycles: residues first down to low
-        partial = sum(by_residue[low:first + 1]) if low >= 0 else sum(by_residue[:first + 1]) + sum(by_residue[low:])
-        return (steps // bs) * decoders + partial

@@ -183,13 +183,14 @@ class Scheduler:
                 raise BurstGPTError("prefix_ids must have one entry per request")
             self._add_prefixes(lo, prefix_ids, prefix_block_size, prompt_tokens.tolist())
         timeout = self.config.timeout_s
-        self.arrival.extend(arrival_s.tolist())
-        self.prompt.extend(prompt_tokens.tolist())
-        self.output_len.extend(output_tokens.tolist())
+        # The arrays' bytes straight into the columns (native float64 and int64, as array "d" and "q" hold them).
+        self.arrival.frombytes(arrival_s.tobytes())
+        self.prompt.frombytes(prompt_tokens.tobytes())
+        self.output_len.frombytes(output_tokens.tobytes())
         deadlines = arrival_s + timeout if timeout is not None else np.full(count, np.inf)
-        self.deadline.extend(deadlines.tolist())
+        self.deadline.frombytes(deadlines.tobytes())
         if self.abort_at is not self.deadline:
-            self.abort_at.extend((deadlines + self.abort_delay).tolist())
+            self.abort_at.frombytes((deadlines + self.abort_delay).tobytes())
         nan = array("d", [math.nan]) * count
         zeros = array("q", bytes(8 * count))
         self.state.extend(bytes(count))
@@ -239,6 +240,16 @@ class Scheduler:
 
     def all_ended(self) -> bool:
         return self.next_arrival >= self.num_submitted and self.is_idle()
+
+    def carries_nothing_over(self) -> bool:
+        """Idle, and nothing in the state a request absorbed from now on could notice: nothing in the prefix
+        cache (no cached block, no request with prefix ids still to come) and no preemption so far (after one,
+        requests' own blocks get keys and lookups start). A new engine then runs the requests not yet absorbed
+        exactly as this one would: its decode clock, admission stamps and counters start elsewhere, but only
+        their differences matter, and its time jumps to the next arrival as this one's does."""
+        kv = self.kv
+        return (self.num_running == 0 and self.num_waiting == 0 and not self.prefix and not self.total_preemptions
+                and not kv.lru and not kv.refs and not kv.evictable)
 
     def generated_tokens(self, rid: int) -> int:
         """Output tokens request `rid` has produced so far."""
@@ -701,6 +712,7 @@ class Scheduler:
         heap, clock = self.finish_heap, self.clock
         is_decoder, prompt, output_len, base = self.is_decoder, self.prompt, self.output_len, self.base
         by_residue, bs = self.kv.by_residue, self.config.block_size
+        state, end, last_token, deadline = self.state, self.end, self.last_token, self.deadline
         finished = freed_blocks = removed_base = 0
         while heap and heap[0][0] <= clock:
             at, rid = heappop(heap)
@@ -717,7 +729,11 @@ class Scheduler:
             freed_blocks += -(-computed // bs)
             if released is not None:
                 released.append((rid, computed))
-            self._complete(rid, t_end)
+            if deadline[rid] < t_end:
+                self._complete(rid, t_end)  # the client had given up by then
+            else:  # `_complete`, its usual case inline
+                state[rid] = DONE
+                end[rid] = last_token[rid] = t_end
             ended.append(rid)
             finished += 1
         self.num_decoders -= finished

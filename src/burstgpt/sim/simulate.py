@@ -20,6 +20,14 @@ from burstgpt.sim.output_lengths import (
     parse_output_length_model,
     resolve_output_lengths,
 )
+from burstgpt.sim.parallel import (
+    PartTask,
+    default_workers,
+    expected_ends,
+    join_parts,
+    part_bounds,
+    simulate_in_parts,
+)
 from burstgpt.sim.step_log import (
     SERVER_COUNTER_STEPS,
     STEP_COLUMNS,
@@ -169,6 +177,7 @@ class SimulationResult:
     steps_mode: str = "all"
     step_log: StepLog | None = None
     sampled_steps: pl.DataFrame | None = None
+    parts: int = 1  # parts of the workload simulated in parallel (see `simulate_workload`'s `workers`)
 
     @functools.cached_property
     def steps(self) -> pl.DataFrame:
@@ -192,11 +201,21 @@ def simulate_workload(
     progress=None,
     steps: str = "all",
     metrics_interval_s: float = 1.0,
+    workers: int | None = None,
 ) -> SimulationResult:
     """Run `workload` (a conformed workload table, sorted by arrival) through one simulated engine. The workload
     is validated first (`validate_workload`: finite, plausible, non-decreasing arrivals; plausible lengths).
     `steps`: which steps the result keeps (`burstgpt.sim.step_log.STEP_MODES`: "all", "sampled", "none"; only
-    "all" keeps the whole log in memory); server metrics are computed every `metrics_interval_s` seconds."""
+    "all" keeps the whole log in memory); server metrics are computed every `metrics_interval_s` seconds.
+    `progress(engine)` is called with the running `ServingEngine` now and then and once at the end (for a live
+    view: `burstgpt.sim.progress.SimulationProgress`; a run in parts shows its first part, then its end).
+
+    `workers`: processes to simulate with (None: `burstgpt.sim.parallel.default_workers`, one per CPU up to 4
+    for a workload of 100,000 requests or more, else 1). With several, the workload is cut into parts where the
+    arrivals leave the longest expected idle time and each part after the first is simulated in a process of its
+    own, from a new engine, while this one simulates the first; parts are joined only where a single engine is
+    idle with nothing carried over, so the results are identical (`burstgpt.sim.parallel`; `parts` in the
+    result). Only with `jump`, `steps` "sampled" or "none" and no prefix block ids."""
     if steps not in STEP_MODES:
         raise BurstGPTError(f"--steps must be one of {', '.join(STEP_MODES)}, got {steps!r}")
     check_interval(metrics_interval_s)
@@ -211,13 +230,28 @@ def simulate_workload(
     engine_config = config
     if delay and config.timeout_s is not None:
         engine_config = dataclasses.replace(config, timeout_s=max(config.timeout_s - delay, 1e-9))
+    arrival = workload["arrival_s"].to_numpy() + delay
+    prompt = workload["input_tokens"].to_numpy()
+    prefixes = workload_prefixes(workload)
+    if workers is None:
+        workers = default_workers(workload.height)
+    if workers > 1 and jump and steps != "all" and prefixes[0] is None:
+        bounds = part_bounds(arrival, workers, expected_ends(engine_config, setup.latency, arrival, lengths))
+        if bounds:
+            task = PartTask(engine_config, setup.latency, metrics_interval_s, config.num_gpu_blocks,
+                            steps == "sampled")
+            parts = simulate_in_parts(task, arrival, prompt, lengths, bounds, progress)
+            columns, digest, num_steps = join_parts(parts)
+            records = records_from_columns(columns, workload, engine_config, setup.model_name)
+            return SimulationResult(records, config.num_gpu_blocks, digest.server_metrics(), num_steps, steps,
+                                    sampled_steps=digest.sampled_steps() if steps == "sampled" else None,
+                                    parts=len(parts))
     engine = ServingEngine(engine_config, setup.latency)
     # The step log hands its chunks to the digest as the engine runs; it keeps them only for the full table.
     digest = IntervalDigest(metrics_interval_s, config.num_gpu_blocks, sample=steps == "sampled")
     engine.steps = StepLog(config.block_size, consumers=(digest,), keep=steps == "all")
-    engine.submit(workload["arrival_s"].to_numpy() + delay, workload["input_tokens"].to_numpy(), lengths,
-                  *workload_prefixes(workload))
-    engine.run(jump=jump, progress=progress)
+    engine.submit(arrival, prompt, lengths, *prefixes)
+    engine.run(jump=jump, progress=None if progress is None else lambda absorbed: progress(engine))
     engine.steps.finish()
     records = engine_records(engine, workload, setup.model_name)
     return SimulationResult(records, config.num_gpu_blocks, digest.server_metrics(), engine.steps.size, steps,
@@ -235,10 +269,15 @@ def workload_prefixes(workload: pl.DataFrame) -> tuple[list | None, np.ndarray |
 
 def engine_records(engine: ServingEngine, workload: pl.DataFrame, model_name: str) -> pl.DataFrame:
     """Per-request records for every request submitted to `engine` (rows of `workload`, in order)."""
+    return records_from_columns(engine.columns(workload.height), workload, engine.config, model_name)
+
+
+def records_from_columns(columns: dict[str, np.ndarray], workload: pl.DataFrame, config: EngineConfig,
+                         model_name: str) -> pl.DataFrame:
+    """Per-request records from an engine's per-request `columns` (`Scheduler.columns`, one row per row of
+    `workload`, in order) and its `config`."""
     count = workload.height
-    columns = engine.columns(count)
     state = pl.Series("_state", columns["state"])
-    config = engine.config
     # Status columns from the request states, mapped in Polars (NumPy string arrays of a million rows are slow).
     error_class = {TIMED_OUT: "timeout", REJECTED: "rejected", INVALID: "http_4xx"}
     message = {

@@ -77,47 +77,44 @@ class StepSegments:
 
     def __init__(self, single_bytes: bytes, run_bytes: bytes, kinds: bytes, block_size: int) -> None:
         bs = self.block_size = block_size
-        single = np.frombuffer(single_bytes, np.dtype(
-            [("start", "<f8"), ("duration", "<f8"), *((name, "<i8") for name in _COUNT_COLUMNS)]))
-        runs = np.frombuffer(run_bytes, np.dtype(
-            [("start", "<f8"), ("steps", "<i8"), *((name, "<f8") for name in ("a0", "a1", "b0", "b1", "overhead")),
-             *((name, "<i8") for name in ("kv_before", "batch", "waiting", "finished", "first")),
-             ("residues", "<i8", (bs,))]))
+        # Every field is 8 bytes: the records as rows of words (`StepLog`'s `_STEP_FORMAT` and `_RUN_FORMAT`).
+        single = np.frombuffer(single_bytes, "<i8").reshape(-1, 2 + len(_COUNT_COLUMNS))
+        runs = np.frombuffer(run_bytes, "<i8").reshape(-1, 12 + bs)
+        single_floats, run_floats = single.view("<f8"), runs.view("<f8")
         is_run = np.frombuffer(kinds, np.uint8).astype(bool)
         single_at, run_at = np.flatnonzero(~is_run), np.flatnonzero(is_run)  # positions among the segments
         segments = self.num_segments = len(is_run)
         # Per segment: start, steps, step-time lines (a single step: flat at its duration, max(d + 0 j, -inf) + 0
         # = d exactly), the counts, the batch size of a run (0 for a single step) and where its block sums start.
         self.start = np.empty(segments)
-        self.start[single_at], self.start[run_at] = single["start"], runs["start"]
+        self.start[single_at], self.start[run_at] = single_floats[:, 0], run_floats[:, 0]
         self.steps = np.ones(segments, np.int64)
-        self.steps[run_at] = runs["steps"]
+        self.steps[run_at] = runs[:, 1]
         lines = np.zeros((5, segments))  # a0, a1, b0, b1, overhead
-        for row, name in enumerate(("a0", "a1", "b0", "b1", "overhead")):
-            lines[row, run_at] = runs[name]
-        lines[0, single_at] = single["duration"]
+        lines[:, run_at] = run_floats[:, 2:7].T
+        lines[0, single_at] = single_floats[:, 1]
         lines[2, single_at] = -np.inf
         a0, a1, b0, b1, self.overhead = lines
         self.counts = np.zeros((len(_COUNT_COLUMNS), segments), np.int32)
-        for row, name in enumerate(_COUNT_COLUMNS):
-            self.counts[row, single_at] = single[name]
-        run_counts = {"kv_blocks_used": runs["kv_before"], "num_running": runs["batch"], "num_waiting": runs["waiting"],
-                      "decode_tokens": runs["batch"], "generated_tokens": runs["batch"], "finished": runs["finished"]}
+        self.counts[:, single_at] = single[:, 2:].T
+        kv_before, batch, waiting, finished, first = runs[:, 7:12].T
+        run_counts = {"kv_blocks_used": kv_before, "num_running": batch, "num_waiting": waiting,
+                      "decode_tokens": batch, "generated_tokens": batch, "finished": finished}
         for name, values in run_counts.items():
             self.counts[_COUNT_COLUMNS.index(name), run_at] = values
         self.batch = np.zeros(segments, np.int32)
-        self.batch[run_at] = runs["batch"]
+        self.batch[run_at] = batch
         # Blocks a run adds within r steps (r = 0..bs): its decoders at residues first, first - 1, ... (mod bs)
         # counted, i.e. cumulative[start + r] - cumulative[start] in the run's row of cumulative sums over its
         # residues reversed and repeated twice (start = bs - 1 - first); row 0 (single steps) is zeros.
-        reversed_residues = runs["residues"].reshape(-1, bs)[:, ::-1]
+        reversed_residues = runs[:, 12:][:, ::-1]
         cumulative = np.zeros((len(runs) + 1, 2 * bs + 1), np.int32)  # counts <= max_num_seqs
         cumulative[1:, 1:bs + 1] = reversed_residues
         cumulative[1:, bs + 1:] = reversed_residues
         np.cumsum(cumulative, axis=1, out=cumulative)
         self.cumulative_blocks = cumulative.ravel()
         self.block_start = np.zeros(segments, np.int64)  # per segment: where its row's sums start, + bs - 1 - first
-        self.block_start[run_at] = np.arange(1, len(runs) + 1) * (2 * bs + 1) + (bs - 1 - runs["first"])
+        self.block_start[run_at] = np.arange(1, len(runs) + 1) * (2 * bs + 1) + (bs - 1 - first)
         # The segment's step-time lines as (upper at step 0, lower at step 0) and the step from which the lower
         # line is on top (`split_cap`, +inf when never): the per-segment part of `expand_run_tables`.
         self.upper0, self.upper1, self.lower0, self.lower1, self.split_cap = run_line_tables(a0, a1, b0, b1)
@@ -484,6 +481,42 @@ class IntervalDigest:
             offset = np.arange(len(owner), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
             self._event_rows.append({"_step": first_step + chunk.last_row[owner] - last_step[owner] + offset,
                                      **chunk.rows(owner, offset)})
+
+    def mark(self) -> tuple[int, int, int, np.ndarray]:
+        """Where the digest stands, between two chunks (for `since`)."""
+        return len(self._intervals), len(self._interval_rows), len(self._event_rows), self._counters.copy()
+
+    def since(self, mark: tuple[int, int, int, np.ndarray], first_step: int) -> IntervalDigest:
+        """The digest of the chunks consumed after `mark` alone: as if they were a run of their own, its step
+        `first_step` the new run's step 0 and its counters starting at zero (`append` puts it back)."""
+        intervals, interval_rows, event_rows, counters = mark
+        part = IntervalDigest(self.interval_s, self.num_gpu_blocks, sample=self.sample)
+        part._append_chunks(self, -first_step, -counters, intervals, interval_rows, event_rows)
+        return part
+
+    def append(self, later: IntervalDigest, first_step: int) -> None:
+        """Append the digest of a run that continues this one's (the steps of another engine that took over at
+        this one's step `first_step` with its counters at zero): as if this digest had consumed its chunks
+        (`burstgpt.sim.parallel` joins the parts of a workload simulated in parallel so)."""
+        self._append_chunks(later, first_step, self._counters)
+
+    def _append_chunks(self, other: IntervalDigest, step_shift: int, counter_shift: np.ndarray, intervals: int = 0,
+                       interval_rows: int = 0, event_rows: int = 0) -> None:
+        """Append `other`'s chunks from the given positions on, their step indexes and counters shifted."""
+        if (other.interval_s, other.num_gpu_blocks, other.sample) != (self.interval_s, self.num_gpu_blocks,
+                                                                      self.sample):
+            raise BurstGPTError("only digests of the same interval, cache size and sampling can be joined")
+        shifts = dict(zip(SERVER_COUNTER_STEPS, counter_shift.tolist(), strict=True))
+        for part in other._intervals[intervals:]:
+            shifted = {**part, "_step": part["_step"] + step_shift}
+            for counter, shift in shifts.items():
+                shifted[counter] = part[counter] + shift
+            self._intervals.append(shifted)
+        self._interval_rows += [{**part, "_step": part["_step"] + step_shift}
+                                for part in other._interval_rows[interval_rows:]]
+        self._event_rows += [{**part, "_step": part["_step"] + step_shift} for part in other._event_rows[event_rows:]]
+        self._counters = other._counters + counter_shift  # both cases: what this digest's counters come to
+        self._final_table = None
 
     def _last_steps_in(self, chunk: StepSegments, segment: np.ndarray, bucket: np.ndarray, first_end: np.ndarray,
                        last_end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

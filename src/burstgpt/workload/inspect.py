@@ -18,7 +18,8 @@ def default_window_s(frame: pl.DataFrame) -> float:
 
 def workload_stats(frame: pl.DataFrame) -> dict[str, object]:
     """Summary of a workload: counts, span and rates (requests/s), overall Gamma fit of the gaps, request-length
-    quantiles and Zipf fit (tokens), response settings, prompt and service coverage."""
+    quantiles and Zipf fit (tokens), response settings, prompt and service coverage, clients; sessions
+    (`session_stats`) and prefixes (`prefix_stats`) when the workload has them."""
     from burstgpt.analysis.fits import FitError, fit_gamma, fit_zipf, interarrival_gaps
 
     stats: dict[str, object] = {"requests": frame.height}
@@ -63,7 +64,86 @@ def workload_stats(frame: pl.DataFrame) -> dict[str, object]:
         stats["services"] = ", ".join(f"{s}={c}" for s, c in services.iter_rows())
     if "client_id" in frame.columns and frame["client_id"].is_not_null().any():
         stats["clients"] = int(frame["client_id"].n_unique() - int(frame["client_id"].is_null().any()))
+    stats.update(session_stats(frame))
+    stats.update(prefix_stats(frame))
     return stats
+
+
+def _has_sessions(frame: pl.DataFrame) -> bool:
+    return "session_id" in frame.columns and frame["session_id"].is_not_null().any()
+
+
+def _has_prefix_ids(frame: pl.DataFrame) -> bool:
+    return "prefix_block_ids" in frame.columns and bool((frame["prefix_block_ids"].list.len() > 0).any())
+
+
+def session_stats(frame: pl.DataFrame) -> dict[str, object]:
+    """Sessions of a workload with `session_id` (empty dict without): their count, turns per session (mean,
+    median, p90, max), the share of sessions with more than one turn, and think times before later turns
+    (seconds: how many are set, median, p90)."""
+    if not _has_sessions(frame):
+        return {}
+    turns = frame["session_id"].drop_nulls().value_counts()["count"].to_numpy()
+    stats: dict[str, object] = {
+        "sessions": int(turns.size),
+        "turns_per_session_mean": float(turns.mean()),
+        "turns_per_session_p50": float(np.percentile(turns, 50)),
+        "turns_per_session_p90": float(np.percentile(turns, 90)),
+        "turns_per_session_max": int(turns.max()),
+        "multi_turn_sessions": float(np.mean(turns > 1)),
+    }
+    think = frame["think_time_s"].drop_nulls().to_numpy() if "think_time_s" in frame.columns else np.zeros(0)
+    stats["think_times_set"] = int(think.size)
+    if think.size:
+        stats["think_time_s_p50"] = float(np.percentile(think, 50))
+        stats["think_time_s_p90"] = float(np.percentile(think, 90))
+    return stats
+
+
+def session_turns(frame: pl.DataFrame, max_turns: int = 10) -> pl.DataFrame:
+    """Turns per session of a workload with sessions (empty without): turns (sessions of `max_turns` or more
+    turns share the last row, labelled ">=max_turns"), sessions, share (of all sessions)."""
+    if not _has_sessions(frame):
+        return pl.DataFrame()
+    turns = frame["session_id"].drop_nulls().value_counts()["count"]
+    return (
+        pl.DataFrame({"turns": turns.clip(upper_bound=max_turns)})
+        .group_by("turns").agg(pl.len().alias("sessions")).sort("turns")
+        .with_columns((pl.col("sessions") / turns.len()).alias("share"),
+                      pl.when(pl.col("turns") >= max_turns).then(pl.lit(f">={max_turns}"))
+                      .otherwise(pl.col("turns").cast(pl.Utf8)).alias("turns"))
+    )
+
+
+def _block_accesses(frame: pl.DataFrame, *columns: pl.Expr) -> pl.DataFrame:
+    """One row per prefix block id of every request, in request order: request (row index), `columns` of the
+    request, prefix_block_ids, seen_before (the block occurred in an earlier request, as `analyze` counts it)."""
+    return (
+        frame.select(*columns, "prefix_block_ids").with_row_index("request")
+        .explode("prefix_block_ids").drop_nulls("prefix_block_ids")
+        .with_columns((pl.col("request") > pl.col("request").min().over("prefix_block_ids")).alias("seen_before"))
+    )
+
+
+def prefix_stats(frame: pl.DataFrame) -> dict[str, object]:
+    """Shared prefixes of a workload with prefix block ids (empty dict without): share of requests with ids,
+    block size(s) (tokens per id), unique blocks, share of block accesses whose block occurred in an earlier
+    request (the hit rate of an unbounded per-block cache), and share of prompt tokens inside id blocks."""
+    if not _has_prefix_ids(frame):
+        return {}
+    ids = frame["prefix_block_ids"]
+    has = ids.list.len().fill_null(0) > 0
+    sizes = frame["prefix_block_size"].drop_nulls().unique().sort().to_list()
+    accesses = _block_accesses(frame)
+    covered = (ids.list.len().fill_null(0) * frame["prefix_block_size"].fill_null(0)).clip(upper_bound=None)
+    covered_tokens = pl.select(pl.min_horizontal(covered, frame["input_tokens"]).sum()).item()
+    return {
+        "with_prefix_ids": float(has.mean()),
+        "prefix_block_size": ", ".join(str(s) for s in sizes),
+        "prefix_unique_blocks": int(accesses["prefix_block_ids"].n_unique()),
+        "prefix_blocks_seen_before": float(accesses["seen_before"].mean()),
+        "prefix_token_share": float(covered_tokens / max(int(frame["input_tokens"].sum()), 1)),
+    }
 
 
 def client_mix(frame: pl.DataFrame) -> pl.DataFrame:
@@ -100,8 +180,10 @@ MAX_PLOTTED_CLIENTS = 10
 
 def plot_workload(frame: pl.DataFrame, out_dir: str | Path, window_s: float | None = None) -> list[Path]:
     """Write rate.png (requests/s per window over time), gamma_params.png (per-window fitted alpha and beta),
-    lengths.png (histograms of input and intended output tokens) and, for a workload with clients, clients.png
-    (requests/s of each client per window, stacked) into `out_dir`. Returns the paths."""
+    lengths.png (histograms of input and intended output tokens), for a workload with clients clients.png
+    (requests/s of each client per window, stacked), with sessions sessions.png (turns per session, think
+    times) and with prefix ids prefixes.png (reuse over time, prefix lengths) into `out_dir`. Returns the
+    paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +243,68 @@ def plot_workload(frame: pl.DataFrame, out_dir: str | Path, window_s: float | No
     mix = client_mix(frame)
     if mix.height:
         written.append(plot_client_rates(frame, mix, out_dir / "clients.png", window))
+    if _has_sessions(frame):
+        written.append(plot_sessions(frame, out_dir / "sessions.png"))
+    if _has_prefix_ids(frame):
+        written.append(plot_prefixes(frame, out_dir / "prefixes.png", window))
     return written
+
+
+def plot_sessions(frame: pl.DataFrame, path: Path) -> Path:
+    """Turns per session (share of sessions) and the distribution of think times (log-spaced bins)."""
+    import matplotlib.pyplot as plt
+
+    turns = session_turns(frame)
+    think = frame["think_time_s"].drop_nulls().to_numpy()
+    think = think[think > 0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].bar(turns["turns"].to_list(), turns["share"].to_numpy())
+    axes[0].set_xlabel("turns per session")
+    axes[0].set_ylabel("share of sessions")
+    axes[0].set_title(f"Turns per session ({int(turns['sessions'].sum()):,} sessions)")
+    if think.size:
+        edges = np.geomspace(think.min(), think.max() * 1.0001, 50) if think.max() > think.min() else 10
+        axes[1].hist(think, bins=edges)
+        axes[1].set_xscale("log")
+        axes[1].set_xlabel("think time before a later turn (s)")
+        axes[1].set_ylabel("turns")
+        axes[1].set_title(f"Think times (median {np.median(think):.3g} s)")
+    else:
+        axes[1].text(0.5, 0.5, "no think times", ha="center", va="center", transform=axes[1].transAxes)
+        axes[1].set_axis_off()
+    return _save(fig, path)
+
+
+def plot_prefixes(frame: pl.DataFrame, path: Path, window_s: float) -> Path:
+    """Per `window_s` window over time, the share of block accesses whose block occurred in an earlier request
+    and the share of requests with ids; and the distribution of prefix lengths (tokens in id blocks) of the
+    requests with ids."""
+    import matplotlib.pyplot as plt
+
+    start = float(frame["arrival_s"].min())
+    window = ((pl.col("arrival_s") - start) // window_s).cast(pl.Int64).alias("window")
+    seen = _block_accesses(frame, window).group_by("window").agg(pl.col("seen_before").mean()).sort("window")
+    requests = frame.group_by(window).agg((pl.col("prefix_block_ids").list.len().fill_null(0) > 0).mean()
+                                          .alias("with_ids")).sort("window")
+    prefix_tokens = (frame["prefix_block_ids"].list.len() * frame["prefix_block_size"]).drop_nulls()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for table, column, label in ((seen, "seen_before", "block ids seen in an earlier request"),
+                                 (requests, "with_ids", "requests with ids")):
+        starts = start + table["window"].to_numpy() * window_s
+        values = table[column].to_numpy()
+        # The last window's end closes its step.
+        axes[0].step(np.append(starts, starts[-1] + window_s), np.append(values, values[-1]), where="post",
+                     label=label)
+    axes[0].set_ylim(0, 1.02)
+    axes[0].set_xlabel("time (s)")
+    axes[0].set_ylabel(f"share ({window_s:.4g} s windows)")
+    axes[0].set_title("Prefix reuse over time")
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[1].hist(prefix_tokens.to_numpy(), bins=60)
+    axes[1].set_xlabel("prefix tokens per request (ids x block size)")
+    axes[1].set_ylabel("requests")
+    axes[1].set_title("Prefix lengths of requests with ids")
+    return _save(fig, path)
 
 
 def plot_client_rates(frame: pl.DataFrame, mix: pl.DataFrame, path: Path, window_s: float) -> Path:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -256,9 +257,6 @@ def apply_prefix_sharing(
                             "for generated and mirrored workloads")
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(_PREFIX_STREAM + 1)[_PREFIX_STREAM])
     n = frame.height
-    arrival = frame["arrival_s"].to_numpy()
-    own_tokens = frame["input_tokens"].to_numpy()
-    row = np.arange(n)
     # System prompts: whole blocks, prompt j has ids [j * blocks, (j + 1) * blocks). Drawn per request; a
     # session takes its first request's draw.
     system_blocks = math.ceil(system.tokens / size) if system is not None else 0
@@ -269,83 +267,155 @@ def apply_prefix_sharing(
         choice = rng.choice(system.pool_size, size=n, p=weights / weights.sum())
     else:
         has_system, choice = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
-    if sessions is not None:
-        starts = np.zeros(n, dtype=bool)
-        starts[np.cumsum(_draw_turns(n, sessions.mean_turns, rng))[:-1]] = True
-        starts[0] = True
-        think = (rng.lognormal(math.log(sessions.think_time_s), sessions.think_time_sigma, n)
-                 if sessions.think_time_s > 0 else np.zeros(n))
-        answers = frame["output_tokens"].fill_null(0).to_numpy()
-        if frame["output_tokens"].null_count() and notes is not None:
-            notes.append("sessions: responses left to the model count as 0 tokens of conversation history; fix "
-                         "response lengths (--response fixed or empirical) to carry answers into later turns")
-        exchange = own_tokens + answers
-        while True:
-            unit = np.cumsum(starts) - 1  # session of each row
-            first_row = np.flatnonzero(starts)[unit]
-            # The conversation so far: every message up to this one, and every answer before it.
-            history = _within(np.cumsum(exchange), first_row, exchange) - answers
-            input_tokens = history + np.where(has_system[first_row], system_tokens, 0)
-            if sessions.max_context_tokens is None:
-                break
-            # A turn that would overflow the context starts a new session (a new conversation) instead.
-            over = np.flatnonzero((input_tokens > sessions.max_context_tokens) & ~starts)
-            if over.size == 0:
-                break
-            starts[over[np.unique(unit[over], return_index=True)[1]]] = True
-        turn = row - first_row
-        think[turn == 0] = 0.0
-        arrival = arrival[first_row] + _within(np.cumsum(think), first_row, think)
-        units = int(starts.sum())
-        multi_turn = np.bincount(unit, minlength=units)[unit] > 1
-    else:
-        unit, first_row, turn, units = row, row, None, n
-        input_tokens = own_tokens + np.where(has_system, system_tokens, 0)
-        multi_turn = np.zeros(n, dtype=bool)
-    row_system_blocks = np.where(has_system[first_row], system_blocks, 0)
-    row_system_start = choice[first_row] * system_blocks
+    if sessions is None:
+        input_tokens = frame["input_tokens"].to_numpy() + np.where(has_system, system_tokens, 0)
+        row_system_blocks = np.where(has_system, system_blocks, 0)
+        ids = _block_id_lists(choice * system_blocks, row_system_blocks, np.zeros(n, dtype=np.int64),
+                              np.zeros(n, dtype=np.int64))
+        return frame.with_columns(pl.Series("input_tokens", input_tokens, dtype=pl.Int64), *_prefix_columns(ids, size))
+
+    turns = _session_turns(frame, sessions, has_system, system_tokens, rng, notes)
+    # Per session: its system prompt (its first request's draw) and its number of turns.
+    session_rows = turns.session_rows
+    session_system_blocks = np.where(has_system[session_rows], system_blocks, 0)
+    session_system_start = choice[session_rows] * system_blocks
+    multi_turn = (np.diff(np.append(session_rows, n)) > 1)[turns.session]
     # A multi-turn session's own blocks (after its system prompt) get ids of its own, after every system
-    # prompt's: the last turn's prompt is the longest, so it sets how many the session needs.
-    own_blocks = np.where(multi_turn, -(-input_tokens // size) - row_system_blocks, 0)
-    if sessions is not None:
-        session_blocks = np.zeros(units, dtype=np.int64)
-        np.maximum.at(session_blocks, unit, own_blocks)
-        session_start = system_blocks * (system.pool_size if system is not None else 0) + (
-            np.cumsum(session_blocks) - session_blocks)
-        own_start = session_start[unit]
-    else:
-        own_start = np.zeros(n, dtype=np.int64)
-    ranges = pl.DataFrame({"s0": row_system_start, "s1": row_system_start + row_system_blocks,
-                           "o0": own_start, "o1": own_start + own_blocks,
-                           "has": (row_system_blocks + own_blocks) > 0})
-    # Null where a row has no ids; masking the finished lists is far cheaper than a conditional build.
-    prefix = ranges.select(
-        pl.concat_list(pl.int_ranges("s0", "s1"), pl.int_ranges("o0", "o1")).alias("prefix_block_ids"), "has",
-    ).select(
-        pl.when("has").then("prefix_block_ids").alias("prefix_block_ids"),
-        pl.when("has").then(pl.lit(size, dtype=pl.Int64)).alias("prefix_block_size"),
-    )
-    columns = [pl.Series("arrival_s", arrival, dtype=pl.Float64),
-               pl.Series("input_tokens", input_tokens, dtype=pl.Int64), *prefix.get_columns()]
-    out = frame.with_columns(columns)
-    if sessions is not None:
-        out = out.with_columns(
-            pl.Series("session_id", unit).cast(pl.Utf8),
-            pl.Series("turn", turn, dtype=pl.Int64),
-            pl.Series("think_time_s", np.where(turn > 0, think, np.nan)).fill_nan(None),
-            pl.Series("_session", unit),
-        )
-        if duration_s is not None:
-            out = out.filter(pl.col("arrival_s") < duration_s)
-        out = (out.sort("arrival_s", "_session", "turn", maintain_order=True).drop("_session")
-               .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("request_id")))
-    return out
+    # prompt's: its longest prompt (prompts only grow within a session) sets how many the session needs.
+    own_blocks = turns.input_tokens + (size - 1)
+    own_blocks //= size  # whole blocks the prompt spans, rounded up
+    own_blocks -= session_system_blocks[turns.session]
+    own_blocks[~multi_turn] = 0
+    session_blocks = np.maximum.reduceat(own_blocks, session_rows)
+    session_start = system_blocks * (system.pool_size if system is not None else 0) + (
+        np.cumsum(session_blocks) - session_blocks)
+    # Turns past the duration go; the rest are ordered by arrival. Rows are in (session, turn) order already,
+    # so a stable sort by arrival breaks ties by session, then turn.
+    order = np.flatnonzero(turns.arrival_s < duration_s) if duration_s is not None else np.arange(n)
+    order = order[np.argsort(turns.arrival_s[order], kind="stable")]
+    session, turn = turns.session[order], turns.turn[order]
+    ids = _block_id_lists(session_system_start[session], session_system_blocks[session], session_start[session],
+                          own_blocks[order])
+    columns = [
+        pl.int_range(order.size, dtype=pl.Int64).alias("request_id"),
+        pl.Series("arrival_s", turns.arrival_s[order], dtype=pl.Float64),
+        pl.Series("input_tokens", turns.input_tokens[order], dtype=pl.Int64),
+        *_prefix_columns(ids, size),
+        pl.Series("session_id", session).cast(pl.Utf8),
+        pl.Series("turn", turn, dtype=pl.Int64),
+        pl.Series("think_time_s", np.where(turn > 0, turns.think_time_s[order], np.nan)).fill_nan(None),
+    ]
+    # Only the columns kept as they are follow the new order (gathering the replaced ones would be wasted).
+    replaced = {"request_id", "arrival_s", "input_tokens", "prefix_block_ids", "prefix_block_size", "session_id",
+                "turn", "think_time_s"}
+    out = frame.select(pl.col(c).gather(order) for c in frame.columns if c not in replaced).with_columns(columns)
+    return out.select(*frame.columns, *(c for c in out.columns if c not in frame.columns))
 
 
-def _within(cumulative: np.ndarray, first_row: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per row, the sum of `values` from its session's first row to itself (inclusive), from the global
-    cumulative sum."""
-    return cumulative - cumulative[first_row] + values[first_row]
+@dataclass(frozen=True)
+class _Turns:
+    """Requests grouped into sessions, per row of the workload (n rows, in the workload's order)."""
+
+    session: np.ndarray  # (n,) session of each row, 0-based; sessions are runs of consecutive rows
+    session_rows: np.ndarray  # (sessions,) first row of each session
+    turn: np.ndarray  # (n,) 0-based turn within the session
+    think_time_s: np.ndarray  # (n,) seconds before the turn (0 for first turns)
+    arrival_s: np.ndarray  # (n,) the session's first arrival plus the think times so far, seconds
+    input_tokens: np.ndarray  # (n,) the conversation so far plus the system prompt, tokens
+
+
+def _session_turns(frame: pl.DataFrame, sessions: Sessions, has_system: np.ndarray, system_tokens: int,
+                   rng: np.random.Generator, notes: list[str] | None) -> _Turns:
+    """Sessions over `frame`'s rows (module docstring); a session starting at row r has a system prompt of
+    `system_tokens` tokens if has_system[r]. Every step works on whole arrays, in place where it can: at 10M
+    requests each temporary is 80 MB."""
+    n = frame.height
+    starts = np.zeros(n, dtype=bool)
+    starts[np.cumsum(_draw_turns(n, sessions.mean_turns, rng))[:-1]] = True
+    starts[0] = True
+    think = (rng.lognormal(math.log(sessions.think_time_s), sessions.think_time_sigma, n)
+             if sessions.think_time_s > 0 else np.zeros(n))
+    answers = frame["output_tokens"].fill_null(0).to_numpy()
+    if frame["output_tokens"].null_count() and notes is not None:
+        notes.append("sessions: responses left to the model count as 0 tokens of conversation history; fix "
+                     "response lengths (--response fixed or empirical) to carry answers into later turns")
+    exchange = frame["input_tokens"].to_numpy() + answers
+    # Every message up to each row and every answer before it, since the workload's start.
+    history = np.cumsum(exchange)
+    history -= answers
+    before = history - frame["input_tokens"].to_numpy()  # ... and before the row's own message
+    while True:
+        session = np.cumsum(starts, dtype=np.int64)
+        session -= 1
+        session_rows = np.flatnonzero(starts)
+        # The conversation so far: the history since the session's first row, and its system prompt.
+        input_tokens = (np.where(has_system[session_rows], system_tokens, 0) - before[session_rows])[session]
+        input_tokens += history
+        if sessions.max_context_tokens is None:
+            break
+        # A turn that would overflow the context starts a new session (a new conversation) instead.
+        over = np.flatnonzero((input_tokens > sessions.max_context_tokens) & ~starts)
+        if over.size == 0:
+            break
+        starts[over[np.unique(session[over], return_index=True)[1]]] = True
+    turn = np.arange(n)
+    turn -= session_rows[session]
+    think[starts] = 0.0
+    # Each turn comes the think times since its session's first request after that request's arrival.
+    elapsed = np.cumsum(think)
+    elapsed -= elapsed[session_rows][session]
+    arrival = frame["arrival_s"].to_numpy()[session_rows][session]
+    arrival += elapsed
+    return _Turns(session, session_rows, turn, think, arrival, input_tokens)
+
+
+def _block_id_lists(first_start: np.ndarray, first_count: np.ndarray, second_start: np.ndarray,
+                    second_count: np.ndarray) -> pl.Series:
+    """Per row, the List(Int64) of ids first_start .. first_start + first_count - 1 followed by second_start ..
+    second_start + second_count - 1 (null where both counts are 0). The flat ids are written once, in NumPy, and
+    handed to Polars with their offsets as an Arrow list array (nanoarrow; no copy): building the lists in
+    Polars (concatenated ranges, or a group-by of the flat ids) costs about three times the memory, and on a
+    10M-request workload with sessions the ids alone are ~2.5 GB."""
+    import nanoarrow  # here: only generated prefix sharing needs it
+
+    counts = first_count + second_count
+    offsets = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    # Flat position i of a range starting at position p with id s holds s + (i - p): i plus the range's
+    # shift s - p. Running sums of 1 give i; each range adds its shift minus the previous range's where it
+    # starts (an empty range starts where the next one does, so the shifts telescope). Ranges ending the
+    # flat ids start at `total`: one spare slot takes them.
+    second_at = offsets[:-1] + first_count
+    first_shift = first_start - offsets[:-1]
+    second_shift = second_start - second_at
+    second_change = second_shift - first_shift
+    first_shift[1:] -= second_shift[:-1]  # now the change at each first range
+    values = _system_paged_int64(total + 1)
+    values[1:] = 1
+    np.add.at(values, offsets[:-1], first_shift)
+    np.add.at(values, second_at, second_change)
+    np.cumsum(values, out=values)
+    has = counts > 0
+    flat = nanoarrow.c_array_from_buffers(nanoarrow.int64(), total, [None, values[:total]], null_count=0)
+    lists = nanoarrow.c_array_from_buffers(nanoarrow.large_list(nanoarrow.int64()), counts.size,
+                                           [np.packbits(has, bitorder="little"), offsets],
+                                           null_count=int(counts.size - has.sum()), children=[flat])
+    return pl.Series(lists).alias("prefix_block_ids")
+
+
+def _system_paged_int64(size: int) -> np.ndarray:
+    """A zeroed, writable int64 array of `size` in an anonymous memory map, paged by the system's default
+    policy. NumPy advises huge pages for large arrays; under the kernel's usual setting (THP defrag=madvise) a
+    fault in such memory compacts memory synchronously, which made first writing the ~2.5 GB of ids of a
+    10M-request workload 2-3x slower on a long-running machine (benchmarks/bench_workload.py)."""
+    return np.frombuffer(mmap.mmap(-1, size * 8), dtype=np.int64)
+
+
+def _prefix_columns(ids: pl.Series, size: int) -> list[pl.Series]:
+    """prefix_block_ids and prefix_block_size (`size` where a row has ids, else null)."""
+    return [ids, pl.select(pl.when(ids.is_not_null()).then(pl.lit(size, dtype=pl.Int64))
+                           .alias("prefix_block_size")).to_series()]
 
 
 def _draw_turns(n: int, mean_turns: float, rng: np.random.Generator) -> np.ndarray:
