@@ -180,3 +180,16 @@ def test_ctrl_c_during_a_rate_search_keeps_its_path():
     search = find_rate_kv(spec, KVBand(0.3, 0.4), start_rate_rps=0.01, progress=stop_at_second)
     assert search.interrupted and search.rate_rps is None
     assert search.path["rate"].to_list() == [0.01, 0.02]
+
+
+def test_plan_cli_writes_table_figure_and_report_with_windows_that_fit_a_short_workload(tmp_path, capsys):
+    out = tmp_path / "plan"
+    status = main(["plan", "-o", str(out), "--slo", "ttft=2", "--attainment", "0.5", "--rate", "2", "--alpha", "1",
+                   "--duration", "60", "--max-output-tokens", "64", "--max-replicas", "4", "--autoscale", "--serial"])
+    assert status == 0
+    assert "autoscaler windows of 6 s" in capsys.readouterr().err  # a tenth of a 60 s span, not 300 s
+    windows = pl.read_csv(out / "windows.csv")
+    assert windows.height >= 9 and windows["start_s"].diff().drop_nulls().unique().to_list() == [6.0]
+    assert (out / "plan.png").stat().st_size > 10_000
+    page = (out / "report.html").read_text()
+    assert 'id="summary"' in page and 'data-name="plan"' in page

@@ -26,6 +26,9 @@ from burstgpt.errors import BurstGPTError
 from burstgpt.outputs import atomic_path, write_json_atomic
 from burstgpt.trace import Trace, filter_trace
 
+#: Tables from the arrival fits (`temporal.arrival_fits`), filled last (see `characterise`'s `meanwhile`).
+ARRIVAL_TABLES = ("arrival_windows", "arrival_summary", "gap_histograms")
+
 #: Tables with one row per model x service whose columns go into summary.json's per-group records.
 GROUP_LEVEL_TABLES = (
     "overview",
@@ -132,13 +135,16 @@ def characterise(
     end_s: float | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    meanwhile: Callable[[Characterisation], None] | None = None,
 ) -> Characterisation:
     """Characterise a trace as the paper's section III does, split by model x service.
 
     `model`, `service`, `start_s`/`end_s` (trace seconds, end exclusive) select rows first; `window_s` (seconds)
     is the arrival-fit window, `min_arrivals` the fewest arrivals a window needs to be fitted; `seed` seeds the
     spreading of tied timestamps within their recording resolution (`burstgpt.analysis.fits.time_resolution`).
-    `progress` is called with the name of each step before it runs.
+    `progress` is called with the name of each step before it runs. `meanwhile`, if given, is called once with
+    the characterisation complete but for the arrival fits' tables (`ARRIVAL_TABLES`, empty until it returns)
+    while those fits, the longest step, finish in a worker thread: `analyze` draws the other figures then.
     """
     if not window_s > 0:
         raise BurstGPTError(f"--window must be a positive number of seconds, got {window_s}")
@@ -185,44 +191,54 @@ def characterise(
         step("throughput and failures")
         hourly_tokens = throughput.hourly_throughput(bins)
         resolution = time_resolution(frame["timestamp_s"].to_numpy()).to_dict()
+        result = Characterisation(
+            source=trace.source, format=trace.format, origin=origin, window_s=float(window_s),
+            min_arrivals=int(min_arrivals), filters=filters,
+            load_report=dataclasses.asdict(trace.load_report) if trace.load_report else {}, totals=totals,
+            overview=overview, hourly_requests=hourly, hour_of_day_profile=temporal.hour_of_day_profile(hourly),
+            daily_requests=daily, day_of_week_profile=temporal.day_of_week_profile(daily),
+            periodicity=temporal.periodicity(hourly), burstiness=bursts,
+            burstiness_summary=temporal.burstiness_summary(bursts),
+            **{name: pl.DataFrame() for name in ARRIVAL_TABLES},
+            **vars(length_tables), hourly_throughput=hourly_tokens,
+            throughput_box=throughput.throughput_box_stats(hourly_tokens),
+            failure_rates=throughput.failure_rates(bins),
+            failure_rates_by_day=throughput.failure_rates_by_day(bins),
+            failure_rates_by_hour=throughput.failure_rates_by_hour(bins),
+            timestamps=resolution,
+        )
+        if sessions.has_sessions(frame):
+            step("sessions")
+            result.sessions = sessions.session_table(frame)
+            result.session_summary = sessions.session_summary(frame)
+            result.turns_histogram = sessions.turns_histogram(frame)
+            result.elapsed_vs_response = sessions.elapsed_vs_response(frame)
+            result.elapsed_fit = sessions.elapsed_fit(frame)
+        if prefix_reuse.has_prefix_ids(frame):
+            step("prefix reuse")
+            reuse = prefix_reuse.prefix_reuse_statistics(frame, selected.prefix_block_size, window_s=window_s,
+                                                         origin=origin)
+            result.prefix_block_size = selected.prefix_block_size
+            result.prefix_reuse_summary, result.prefix_reuse_windows = reuse.summary, reuse.windows
+            result.prefix_hit_rate_curve, result.prefix_reuse = reuse.curve, reuse.to_dict()
+        _nulls_for_nans(result, [f.name for f in fields(result) if f.name not in ARRIVAL_TABLES])
+        if meanwhile is not None:
+            meanwhile(result)
         step("arrival fits")
         arrivals = arrivals_pending.result()
-    result = Characterisation(
-        source=trace.source, format=trace.format, origin=origin, window_s=float(window_s),
-        min_arrivals=int(min_arrivals), filters=filters, load_report=dataclasses.asdict(trace.load_report) if trace.load_report else {}, totals=totals,
-        overview=overview, hourly_requests=hourly, hour_of_day_profile=temporal.hour_of_day_profile(hourly),
-        daily_requests=daily, day_of_week_profile=temporal.day_of_week_profile(daily),
-        periodicity=temporal.periodicity(hourly), burstiness=bursts,
-        burstiness_summary=temporal.burstiness_summary(bursts), arrival_windows=arrivals.windows,
-        arrival_summary=arrivals.summary, gap_histograms=arrivals.gap_histograms,
-        **vars(length_tables), hourly_throughput=hourly_tokens,
-        throughput_box=throughput.throughput_box_stats(hourly_tokens),
-        failure_rates=throughput.failure_rates(bins),
-        failure_rates_by_day=throughput.failure_rates_by_day(bins),
-        failure_rates_by_hour=throughput.failure_rates_by_hour(bins),
-        timestamps=resolution,
-    )
-    if sessions.has_sessions(frame):
-        step("sessions")
-        result.sessions = sessions.session_table(frame)
-        result.session_summary = sessions.session_summary(frame)
-        result.turns_histogram = sessions.turns_histogram(frame)
-        result.elapsed_vs_response = sessions.elapsed_vs_response(frame)
-        result.elapsed_fit = sessions.elapsed_fit(frame)
-    if prefix_reuse.has_prefix_ids(frame):
-        step("prefix reuse")
-        reuse = prefix_reuse.prefix_reuse_statistics(frame, selected.prefix_block_size, window_s=window_s,
-                                                     origin=origin)
-        result.prefix_block_size = selected.prefix_block_size
-        result.prefix_reuse_summary, result.prefix_reuse_windows = reuse.summary, reuse.windows
-        result.prefix_hit_rate_curve, result.prefix_reuse = reuse.curve, reuse.to_dict()
-    # An undefined statistic (a correlation of one pair, an autocorrelation of a short series) is null, never
-    # NaN: tables then show it empty and summary.json null, the same as every other undefined value.
-    for item in fields(result):
-        table = getattr(result, item.name)
-        if isinstance(table, pl.DataFrame) and table.height:
-            setattr(result, item.name, table.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None)))
+    result.arrival_windows, result.arrival_summary = arrivals.windows, arrivals.summary
+    result.gap_histograms = arrivals.gap_histograms
+    _nulls_for_nans(result, ARRIVAL_TABLES)
     return result
+
+
+def _nulls_for_nans(result: Characterisation, names) -> None:
+    """An undefined statistic (a correlation of one pair, an autocorrelation of a short series) is null, never
+    NaN: tables then show it empty and summary.json null, the same as every other undefined value."""
+    for name in names:
+        table = getattr(result, name)
+        if isinstance(table, pl.DataFrame) and table.height:
+            setattr(result, name, table.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None)))
 
 
 def _totals(frame: pl.DataFrame) -> dict[str, float | int | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,40 +48,55 @@ def register(subparsers) -> None:
     parser.set_defaults(func=_analyze)
 
 
-def keep_freed_memory() -> None:
-    """Let glibc keep freed large blocks for reuse (mallopt's mmap and trim thresholds at 1 GiB) instead of
-    returning each to the system. The statistics allocate and free arrays of tens of MB over and over; by default
-    each one is a fresh mmap whose pages the kernel faults in and zeroes again: a third of the system time of a
-    10-million-row analysis. `analyze` is a short process, so what it keeps goes back when it exits. Nothing
-    happens outside glibc."""
+#: glibc mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: The thresholds glibc's dynamic mmap threshold settles at on 64-bit systems after large blocks are freed
+#: (DEFAULT_MMAP_THRESHOLD_MAX, and twice that for trimming): what `freed_memory_kept` leaves on exit.
+SETTLED_MMAP_THRESHOLD, SETTLED_TRIM_THRESHOLD = 32 << 20, 64 << 20
+
+
+@contextmanager
+def freed_memory_kept():
+    """While the block runs, let glibc keep freed large blocks for reuse (mallopt's mmap and trim thresholds at
+    1 GiB) instead of returning each to the system. The statistics allocate and free arrays of tens of MB over
+    and over; by default each one is a fresh mmap whose pages the kernel faults in and zeroes again. On exit
+    what was kept goes back (malloc_trim) and the thresholds are left where glibc's own dynamic threshold
+    settles (`SETTLED_MMAP_THRESHOLD`), so a longer-lived process (a test run, a notebook) keeps its normal
+    memory behaviour. Nothing happens outside glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
     except (OSError, AttributeError):
-        pass  # not glibc
+        libc = None  # not glibc
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from burstgpt.analysis import characterise
-    from burstgpt.report.trace_figures import write_analysis
-    keep_freed_memory()
+    from burstgpt.report.trace_figures import analyze_trace
     console = Console()
     started = time.perf_counter()
     err = Console(stderr=True)
-    with Progress(SpinnerColumn(), "[progress.description]{task.description}", TimeElapsedColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as progress:
+    with freed_memory_kept(), Progress(SpinnerColumn(), "[progress.description]{task.description}",
+                                        TimeElapsedColumn(), console=err, transient=True,
+                                        disable=not err.is_terminal) as progress:
         task = progress.add_task("loading trace", total=None)
 
         def step(name: str) -> None:
             progress.update(task, description=name)
 
         trace = load_trace_from_args(args.trace, args)
-        result = characterise(
-            trace, window_s=args.window, min_arrivals=args.min_arrivals, model=args.model, service=args.service,
-            start_s=args.start, end_s=args.end, seed=args.seed, progress=step,
+        result, summary_path = analyze_trace(
+            trace, Path(args.outdir), figures=not args.no_figures, progress=step, window_s=args.window,
+            min_arrivals=args.min_arrivals, model=args.model, service=args.service, start_s=args.start,
+            end_s=args.end, seed=args.seed,
         )
-        summary_path = write_analysis(result, Path(args.outdir), figures=not args.no_figures, progress=step)
     console.print(summary_table(result))
     if result.prefix_reuse is not None:
         console.print(prefix_reuse_table(result.prefix_reuse))

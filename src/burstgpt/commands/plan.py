@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     scale = parser.add_argument_group("autoscaler")
     scale.add_argument("--autoscale", action="store_true",
                        help="also simulate a fleet sized per window from the previous window's arrival rate")
-    scale.add_argument("--scale-window", type=float, default=300.0, help="window, seconds (default 300)")
+    scale.add_argument("--scale-window", type=float, default=None,
+                       help="window, seconds (default 300, or a tenth of the workload's span when that is shorter)")
     scale.add_argument("--startup-delay", type=float, default=60.0,
                        help="seconds before a new replica takes requests (default 60)")
     scale.add_argument("--replica-capacity", type=float, default=None, metavar="RPS",
@@ -62,6 +63,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from burstgpt.commands.sweep import _print_table
     from burstgpt.commands.workload import workload_from_args
     from burstgpt.metrics.requests import parse_slo
+    from burstgpt.report.html import write_results_report
     from burstgpt.sweep.figures import plot_plan
     from burstgpt.sweep.plan import AutoscaleSpec, PlanSpec, plan_capacity
 
@@ -75,20 +77,25 @@ def run_plan(args: argparse.Namespace) -> int:
             if not sep or not gpu or not model:
                 raise BurstGPTError(f"--presets: {item!r} is not GPU:MODEL")
             engines.append(dataclasses.replace(base, gpu=gpu, model=model))
+    workload = workload_from_args(args)
+    if workload.height == 0:
+        raise BurstGPTError("the workload has no requests")
+    span_s = float(workload["arrival_s"].max())
     autoscale = None
     if args.autoscale:
-        autoscale = AutoscaleSpec(window_s=args.scale_window, startup_delay_s=args.startup_delay,
+        window_s = args.scale_window
+        if window_s is None:  # at least ten windows, so the autoscaler has a previous window to follow
+            window_s = 300.0 if span_s >= 3000.0 else max(float(f"{span_s / 10.0:.2g}"), 1.0)
+            print(f"plan: autoscaler windows of {window_s:g} s", file=sys.stderr)
+        autoscale = AutoscaleSpec(window_s=window_s, startup_delay_s=args.startup_delay,
                                   capacity_rps=args.replica_capacity, headroom=args.headroom,
                                   min_replicas=args.min_replicas)
     spec = PlanSpec(tuple(engines), slo, attainment=args.attainment, router=args.router,
                     max_replicas=args.max_replicas, autoscale=autoscale, output_lengths=args.output_lengths,
                     seed=args.seed)
     spec.check()
-    workload = workload_from_args(args)
-    if workload.height == 0:
-        raise BurstGPTError("the workload has no requests")
     out = Path(args.out)
-    print(f"plan: {workload.height} requests over {float(workload['arrival_s'].max()):.0f} s, "
+    print(f"plan: {workload.height} requests over {span_s:.0f} s, "
           f"{len(engines)} preset(s), router {args.router}", file=sys.stderr, flush=True)
 
     def progress(done: int, count: int, name: str) -> None:
@@ -100,8 +107,13 @@ def run_plan(args: argparse.Namespace) -> int:
     for name, frame in (("search", result.search), ("windows", result.windows), ("plan", result.table)):
         with atomic_path(out / f"{name}.csv") as tmp:
             frame.write_csv(tmp)
-    plot_plan(result.table, result.windows, out / "plan.png",
-              title=f"replicas to meet {args.slo} for {100 * args.attainment:g}% of requests ({args.router})")
+    title = f"replicas to meet {args.slo} for {100 * args.attainment:g}% of requests ({args.router})"
+    plot_plan(result.table, result.windows, out / "plan.png", span_s=span_s, title=title)
+    write_results_report(out / "report.html", f"burstgpt plan: {title}", result.table, [("plan", out / "plan.png")],
+                         config={"slo": slo, "attainment": args.attainment, "router": args.router,
+                                 "presets": [f"{e.gpu}:{e.model}" for e in engines],
+                                 "autoscale": dataclasses.asdict(autoscale) if autoscale else None},
+                         subtitle=f"{workload.height} requests over {span_s:.0f} s")
     write_json_atomic(out / "plan.json", {"slo": slo, "attainment": args.attainment, "router": args.router,
                                           "presets": result.table.to_dicts()})
     _print_table(result.table, [c for c in result.table.columns if c != "router"])

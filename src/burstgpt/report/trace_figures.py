@@ -17,6 +17,7 @@ and "observed" labels), so a trace's first and last hour do not look like quiet 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -31,10 +32,11 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from scipy import stats
 
-from burstgpt.analysis.characterise import Characterisation, write_characterisation
+from burstgpt.analysis.characterise import Characterisation, characterise, write_characterisation
 from burstgpt.analysis.fits import zipf_cdf
 from burstgpt.analysis.temporal import SECONDS_PER_DAY
 from burstgpt.outputs import atomic_path
+from burstgpt.trace import Trace
 
 PAPER_NUMBERS = {  # figure kind -> (conversation number, api number)
     "daily_requests": (1, 2),
@@ -58,50 +60,109 @@ def write_analysis(
 ) -> Path:
     """Write the analysis directory: one CSV per table, one PNG per figure (unless `figures` is False), the
     self-contained report.html (`burstgpt.report.html`), and summary.json last. Returns summary.json's path."""
+    rendered = render_trace_figures(characterisation, progress=progress) if figures else {}
+    return _write_directory(characterisation, Path(outdir), rendered, progress)
+
+
+def analyze_trace(
+    trace: Trace,
+    outdir: str | Path,
+    *,
+    figures: bool = True,
+    progress: Callable[[str], None] | None = None,
+    **options,
+) -> tuple[Characterisation, Path]:
+    """`characterise(trace, **options)` then `write_analysis` into `outdir`, with the figures that do not need
+    the arrival fits drawn while those fits finish in their worker thread (`characterise`'s `meanwhile`): the
+    figures are Python-bound matplotlib work and the fits NumPy work outside the GIL, so on a 10-million-row
+    trace this hides most of the drawing time. The files are the same as `write_analysis(characterise(...))`
+    writes. Returns the characterisation and summary.json's path."""
+    rendered: dict[str, bytes] = {}
+
+    def draw_early(partial: Characterisation) -> None:
+        rendered.update(render_trace_figures(partial, arrivals=False, progress=progress))
+
+    result = characterise(trace, progress=progress, meanwhile=draw_early if figures else None, **options)
+    if figures:
+        rendered = _in_write_order(rendered | render_trace_figures(result, arrivals=True, progress=progress))
+    return result, _write_directory(result, Path(outdir), rendered, progress)
+
+
+def _write_directory(c: Characterisation, outdir: Path, rendered: dict[str, bytes], progress) -> Path:
+    """The tables, the `rendered` PNGs (file name -> bytes, in order), report.html, then summary.json."""
     from burstgpt.report.html import write_analysis_report
 
     def figures_and_report(directory: Path) -> list[Path]:
-        written = write_trace_figures(characterisation, directory, progress=progress) if figures else []
+        written = []
+        for name, png in rendered.items():
+            with atomic_path(directory / name) as tmp:
+                tmp.write_bytes(png)
+            written.append(directory / name)
         (progress or (lambda name: None))("report.html")
-        write_analysis_report(characterisation, directory, written)
+        write_analysis_report(c, directory, written)
         return written
 
-    return write_characterisation(characterisation, outdir, before_summary=figures_and_report, progress=progress)
+    return write_characterisation(c, outdir, before_summary=figures_and_report, progress=progress)
 
 
 def write_trace_figures(
     characterisation: Characterisation, outdir: str | Path, *, progress: Callable[[str], None] | None = None
 ) -> list[Path]:
     """Write every figure the characterisation has data for into `outdir`; returns their paths."""
+    written = []
+    for name, png in render_trace_figures(characterisation, progress=progress).items():
+        with atomic_path(Path(outdir) / name) as tmp:
+            tmp.write_bytes(png)
+        written.append(Path(outdir) / name)
+    return written
+
+
+#: The figures after the per-service ones (Figs 1-4, 10-13), in the order they are drawn and listed.
+PLOTTED_FIGURES = (
+    "fig05_burstiness", "fig06_gamma_arrivals", "fig07_length_distributions", "fig08_request_vs_response",
+    "fig09_request_response_counts", "fig14_failure_rates", "sessions", "prefix_reuse",
+)
+#: Figures drawn from the arrival fits' tables (`burstgpt.analysis.characterise.ARRIVAL_TABLES`).
+ARRIVAL_FIGURES = ("fig06_gamma_arrivals",)
+
+
+def render_trace_figures(
+    characterisation: Characterisation,
+    *,
+    arrivals: bool | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, bytes]:
+    """PNG bytes of every figure the characterisation has data for, by file name, in write order; with
+    `arrivals` True only the `ARRIVAL_FIGURES`, False all others, None all."""
     # Titles at a fixed height: placing them automatically measures every axis' tick labels first, which took
     # about a third of the drawing time (no panel here has decorations above it).
     with matplotlib.rc_context({"axes.titley": 1.0}):
-        return _write_trace_figures(characterisation, Path(outdir), progress)
+        return {name: _png(figure) for name, figure in _trace_figures(characterisation, arrivals, progress)}
 
 
-def _write_trace_figures(characterisation: Characterisation, outdir: Path, progress) -> list[Path]:
-    c = characterisation
-    written: list[Path] = []
+def _trace_figures(c: Characterisation, arrivals: bool | None, progress):
+    """(file name, figure) of each figure to draw, drawn one at a time (see `render_trace_figures`)."""
     step = progress or (lambda name: None)
-    for service in _services(c.overview):
-        step(f"figures: {service}")
-        written += _service_figures(c, service, outdir)
-    plotters = (
-        ("fig05_burstiness", _plot_burstiness),
-        ("fig06_gamma_arrivals", _plot_gamma_arrivals),
-        ("fig07_length_distributions", _plot_length_distributions),
-        ("fig08_request_vs_response", _plot_request_vs_response),
-        ("fig09_request_response_counts", _plot_request_response_counts),
-        ("fig14_failure_rates", _plot_failure_rates),
-        ("sessions", _plot_sessions),
-        ("prefix_reuse", _plot_prefix_reuse),
-    )
-    for name, plotter in plotters:
+    if not arrivals:
+        for service in _services(c.overview):
+            step(f"figures: {service}")
+            yield from _service_figures(c, service)
+    plotters = dict(zip(PLOTTED_FIGURES, (
+        _plot_burstiness, _plot_gamma_arrivals, _plot_length_distributions, _plot_request_vs_response,
+        _plot_request_response_counts, _plot_failure_rates, _plot_sessions, _plot_prefix_reuse), strict=True))
+    for name, plotter in plotters.items():
+        if arrivals is not None and (name in ARRIVAL_FIGURES) != arrivals:
+            continue
         step(f"figures: {name}")
         figure = plotter(c)
         if figure is not None:
-            written.append(_save(figure, outdir / f"{name}.png"))
-    return written
+            yield f"{name}.png", figure
+
+
+def _in_write_order(rendered: dict[str, bytes]) -> dict[str, bytes]:
+    """`rendered` with the per-service figures first (in their order), then `PLOTTED_FIGURES`' order."""
+    rank = {f"{name}.png": index for index, name in enumerate(PLOTTED_FIGURES)}
+    return dict(sorted(rendered.items(), key=lambda item: rank.get(item[0], -1)))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -118,11 +179,12 @@ def _new_figure(width: float, height: float, *, left: float = 0.08, right: float
     return figure
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        # zlib level 3 rather than 6: a third of the encoding time for files about 5 % larger.
-        figure.savefig(tmp, format="png", dpi=100, pil_kwargs={"compress_level": 3})
-    return path
+def _png(figure: Figure) -> bytes:
+    """The figure drawn and encoded as PNG."""
+    buffer = io.BytesIO()
+    # zlib level 3 rather than 6: a third of the encoding time for files about 5 % larger.
+    figure.savefig(buffer, format="png", dpi=100, pil_kwargs={"compress_level": 3})
+    return buffer.getvalue()
 
 
 def _services(overview: pl.DataFrame) -> list[str | None]:
@@ -199,9 +261,9 @@ def _grid_axes(figure: Figure, panels: int, columns: int = 2, **kwargs):
 # ------------------------------------------------------------------------------------------------ Figs 1-4, 10-13
 
 
-def _service_figures(c: Characterisation, service, outdir: Path) -> list[Path]:
+def _service_figures(c: Characterisation, service):
+    """(file name, figure) of Figs 1-4 and 10-13 for one service, one at a time."""
     tag = service or "unknown"
-    written = []
     daily = _rows(c.daily_requests, service=service)
     if daily.height:
         figure = _new_figure(10, 4)
@@ -236,7 +298,7 @@ def _service_figures(c: Characterisation, service, outdir: Path) -> list[Path]:
             ax.set_xlabel(_day_labels(c))
             ax.set_ylabel("requests per day\n(hollow: day observed in part)")
             ax.legend(loc="best")
-        written.append(_save(figure, outdir / f"{_number('daily_requests', service)}_daily_requests_{tag}.png"))
+        yield f"{_number('daily_requests', service)}_daily_requests_{tag}.png", figure
 
     profile = _rows(c.hour_of_day_profile, service=service)
     if profile.height and profile["mean_requests"].drop_nulls().len():
@@ -258,7 +320,7 @@ def _service_figures(c: Characterisation, service, outdir: Path) -> list[Path]:
         ax.set_xticks(range(0, 24, 2))
         ax.set_xlim(-0.5, 23.5)
         ax.legend(fontsize="small", loc="best")
-        written.append(_save(figure, outdir / f"{_number('hourly_requests', service)}_hourly_requests_{tag}.png"))
+        yield f"{_number('hourly_requests', service)}_hourly_requests_{tag}.png", figure
 
     for kind in ("request", "response"):
         box = _rows(c.throughput_box, service=service)
@@ -280,8 +342,7 @@ def _service_figures(c: Characterisation, service, outdir: Path) -> list[Path]:
                             "in part scaled, under half left out)")
         figure.suptitle(f"{kind.capitalize()} token throughput per hour, {tag} (paper Figs 10-13)")
         name = f"{_number(f'{kind}_throughput', service)}_{kind}_throughput_{tag}.png"
-        written.append(_save(figure, outdir / name))
-    return written
+        yield name, figure
 
 
 def _box_plot(ax, positions, q1, median, q3, low, high, mean, width: float = 0.5) -> None:

@@ -91,8 +91,9 @@ def plot_rate_search(path_table: pl.DataFrame, metric: str, target: tuple[float,
     return _save(figure, Path(path))
 
 
-def plot_plan(table: pl.DataFrame, windows: pl.DataFrame, path: str | Path, *, title: str = "") -> Path:
-    """Per preset: replicas over time, SLO attainment per window (fixed fleet, autoscaler), GPU-hours."""
+def plot_plan(table: pl.DataFrame, windows: pl.DataFrame, path: str | Path, *, span_s: float, title: str = "") -> Path:
+    """Per preset: replicas over time, SLO attainment per window (fixed fleet, autoscaler), GPU-hours. `span_s`:
+    seconds the workload covers (where the last window ends)."""
     presets = table.select("gpu", "model").rows()
     figure = _figure(14, 3.2 * len(presets) + 0.6)
     panels = figure.subplots(len(presets), 3, squeeze=False)
@@ -101,8 +102,8 @@ def plot_plan(table: pl.DataFrame, windows: pl.DataFrame, path: str | Path, *, t
         part = windows.filter((pl.col("gpu") == gpu) & (pl.col("model") == model))
         summary = table.filter((pl.col("gpu") == gpu) & (pl.col("model") == model)).row(0, named=True)
         start = part["start_s"].to_numpy()
-        step = start[1] - start[0] if start.size > 1 else 1.0
-        edges = np.append(start, start[-1] + step)
+        step = start[1] - start[0] if start.size > 1 else max(span_s, 1e-9)
+        edges = np.append(start, max(start[-1] + step if start.size > 1 else span_s, start[-1] + 1e-9))
         axes = panels[row, 0]
         axes.stairs(part["fixed_replicas"].to_numpy(), edges, label="fixed fleet", color="C0")
         if autoscaled:
