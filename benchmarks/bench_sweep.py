@@ -2,15 +2,19 @@
 
 The sweep: A800-80GB x Llama-2-13B-chat, Table III workloads (Gamma arrivals, Zipf 1.1 lengths) over alpha
 (0.25, 0.5, 1, 2) x beta (1, 2, 4 s) x seeds (0, 1) = 24 points of --requests requests each. It runs once with
-`executor="serial"` (the baseline) and once with `executor="ray"` (local Ray started by the sweep, --num-cpus
-workers), in this process, and prints:
+`executor="serial"` (the baseline; the modules a point needs are imported before it is timed, and that import's
+CPU is printed) and once on local Ray started as the sweep starts it (`burstgpt.sweep.run.start_ray`, --num-cpus
+workers, then `warm_workers`: the same imports in every worker), in this process, and prints per phase:
 
-- wall time of each (Ray's: with and without its start-up, a few seconds) and the speed-up (serial / Ray; close
-  to the number of cores when the machine is otherwise idle and the points outweigh the start-up: this is a
-  shared 2-core machine, so the load average is printed beside it);
-- CPU seconds used by this process and its descendants during each run (Ray's extra processes included);
+- wall and CPU seconds of the serial run, Ray's start-up, the workers' warm-up and the sweep on Ray (CPU of this
+  process and all its descendants, Ray's processes included, from /proc at the phase boundaries; the memory
+  sampler's own CPU is left out);
+- the speed-up (serial / Ray, wall) with Ray's start-up and warm-up included and without them, and what the
+  machine allows: `workers x serial CPU / Ray sweep CPU`, the speed-up if the workers ran fully in parallel at
+  the CPU cost per point measured on Ray (two points at once cost more CPU each than one alone: shared caches,
+  a virtual machine's cores); a shared 2-core machine, so the load average is printed beside it;
 - peak memory of this process and all its descendants (Ray's GCS, raylet, workers; proportional set size from
-  /proc, so shared pages count once), sampled every 0.2 s, for each run: Ray's overhead is the difference;
+  /proc, so shared pages count once), sampled every 0.5 s, for each run: Ray's overhead is the difference;
 - whether both runs gave identical rows (they must).
 
     .venv/bin/python benchmarks/bench_sweep.py [--requests 20000] [--num-cpus 2]
@@ -19,6 +23,7 @@ workers), in this process, and prints:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import tempfile
 import threading
@@ -27,6 +32,7 @@ from pathlib import Path
 
 from burstgpt.sim.simulate import EngineSpec
 from burstgpt.sweep import SweepAxis, SweepSpec, run_sweep
+from burstgpt.sweep.run import SIM_POINT_MODULES, start_ray, warm_workers
 from burstgpt.workload.spec import RequestLengths, ScheduledArrivals, WorkloadSpec
 
 
@@ -76,31 +82,26 @@ def tree_pss_bytes(tree: set[int]) -> int:
     return total
 
 
-class PeakMemory:
-    """Samples this process and its descendants every `interval_s` in a thread: `peak` memory in bytes and
-    `cpu_s`, the CPU seconds they used meanwhile (a child that ends between samples loses its last interval)."""
+def tree_cpu() -> dict[int, float]:
+    """CPU seconds so far of this process and each of its descendants, by process id."""
+    used = {pid: cpu_seconds(pid) for pid in tree_pids(os.getpid())}
+    return {pid: seconds for pid, seconds in used.items() if seconds is not None}
 
-    def __init__(self, interval_s: float = 0.2) -> None:
-        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+
+class PeakMemory:
+    """Samples the memory of this process and its descendants every `interval_s` in a thread: `peak` in bytes;
+    `own_cpu_s`, the CPU seconds the sampling itself has used (reading /proc costs ~20 ms per sample with Ray)."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s, self.peak, self.own_cpu_s, self._stop = interval_s, 0, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._cpu_start: dict[int, float] = {}
-        self._cpu_last: dict[int, float] = {}
 
     def _run(self) -> None:
         while True:
-            tree = tree_pids(os.getpid())
-            self.peak = max(self.peak, tree_pss_bytes(tree))
-            for pid in tree:
-                used = cpu_seconds(pid)
-                if used is not None:
-                    self._cpu_start.setdefault(pid, used if pid == os.getpid() else 0.0)
-                    self._cpu_last[pid] = used
+            self.peak = max(self.peak, tree_pss_bytes(tree_pids(os.getpid())))
+            self.own_cpu_s = time.thread_time()
             if self._stop.wait(self.interval_s):
                 break
-
-    @property
-    def cpu_s(self) -> float:
-        return sum(self._cpu_last[pid] - self._cpu_start[pid] for pid in self._cpu_last)
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -109,6 +110,22 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class Phases:
+    """Wall and CPU seconds (this process and its descendants, less the memory sampler's own) between marks."""
+
+    def __init__(self, memory: PeakMemory) -> None:
+        self.memory = memory
+        self._wall, self._cpu, self._own = time.perf_counter(), tree_cpu(), memory.own_cpu_s
+
+    def mark(self) -> tuple[float, float]:
+        """(wall s, CPU s) since the previous mark; a process that started meanwhile counts from zero."""
+        wall, cpu, own = time.perf_counter(), tree_cpu(), self.memory.own_cpu_s
+        used = sum(seconds - self._cpu.get(pid, 0.0) for pid, seconds in cpu.items()) - (own - self._own)
+        result = (wall - self._wall, used)
+        self._wall, self._cpu, self._own = wall, cpu, own
+        return result
 
 
 def main() -> None:
@@ -122,35 +139,46 @@ def main() -> None:
         EngineSpec(gpu="A800-80GB", model="Llama-2-13B-chat"),
         axes=(SweepAxis("alpha", (0.25, 0.5, 1.0, 2.0)), SweepAxis("beta", (1.0, 2.0, 4.0))), seeds=(0, 1),
     )
-    print(f"{len(spec.points())} points x {args.requests} requests; load average at start "
-          f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs", flush=True)
+    points = len(spec.points())
+    print(f"{points} points x {args.requests} requests; load average at start {os.getloadavg()[0]:.2f}; "
+          f"{os.cpu_count()} CPUs", flush=True)
+    started = time.process_time()
+    for name in SIM_POINT_MODULES:  # what each Ray worker imports in its warm-up
+        importlib.import_module(name)
+    print(f"importing the modules a point needs: {time.process_time() - started:.2f} s CPU (once per process)")
     with tempfile.TemporaryDirectory() as tmp:
         with PeakMemory() as memory:
-            started = time.perf_counter()
+            phases = Phases(memory)
             serial = run_sweep(spec, Path(tmp) / "serial", executor="serial").table
-            serial_s = time.perf_counter() - started
+            serial_s, serial_cpu = phases.mark()
         serial_peak = memory.peak
-        serial_cpu = memory.cpu_s
-        print(f"serial: {serial_s:7.1f} s wall, {serial_cpu:.1f} s CPU, peak memory (this process and its children) "
-              f"{serial_peak / 1e9:.2f} GB, load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"serial: {serial_s:6.1f} s wall, {serial_cpu:5.1f} s CPU; peak memory (this process and its "
+              f"children) {serial_peak / 1e9:.2f} GB; load average {os.getloadavg()[0]:.2f}", flush=True)
         import ray
 
         with PeakMemory() as memory:
-            started = time.perf_counter()
-            # Started here (as `run_sweep` would) to time Ray's start-up apart from the sweep itself.
-            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            startup_s = time.perf_counter() - started
-            on_ray = run_sweep(spec, Path(tmp) / "ray", executor="ray").table
-            ray_s = time.perf_counter() - started
+            phases = Phases(memory)
+            start_ray(num_cpus=args.num_cpus)  # as `run_sweep` starts it; timed here apart from the sweep
+            startup_s, startup_cpu = phases.mark()
+            warm_workers((run_sweep.__module__, *SIM_POINT_MODULES))
+            warm_s, warm_cpu = phases.mark()
+            on_ray = run_sweep(spec, Path(tmp) / "ray", executor="ray").table  # uses the running Ray
+            sweep_s, sweep_cpu = phases.mark()
             ray.shutdown()
         ray_peak = memory.peak
-        print(f"   ray: {ray_s:7.1f} s wall ({startup_s:.1f} s of it Ray's start-up), {memory.cpu_s:.1f} s CPU, peak "
-              f"memory {ray_peak / 1e9:.2f} GB, load average {os.getloadavg()[0]:.2f}", flush=True)
-    print(f"speed-up (serial / Ray, wall) with {args.num_cpus} workers: {serial_s / ray_s:.2f}x with Ray's start-up, "
-          f"{serial_s / (ray_s - startup_s):.2f}x without")
+    overhead_s = startup_s + warm_s
+    print(f"   Ray: start-up {startup_s:4.1f} s wall, {startup_cpu:4.1f} s CPU; warm-up {warm_s:4.1f} s wall, "
+          f"{warm_cpu:4.1f} s CPU; sweep {sweep_s:4.1f} s wall, {sweep_cpu:5.1f} s CPU ({sweep_cpu / serial_cpu:.2f}x "
+          f"the serial CPU); in all {overhead_s + sweep_s:.1f} s wall, "
+          f"{startup_cpu + warm_cpu + sweep_cpu:.1f} s CPU; peak memory {ray_peak / 1e9:.2f} GB; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"speed-up (serial / Ray, wall) with {args.num_cpus} workers: {serial_s / (overhead_s + sweep_s):.2f}x with "
+          f"Ray's start-up and warm-up, {serial_s / sweep_s:.2f}x without; the machine allows "
+          f"{args.num_cpus * serial_cpu / sweep_cpu:.2f}x at the CPU per point measured on Ray")
     print(f"Ray memory overhead: {(ray_peak - serial_peak) / 1e9:+.2f} GB "
           f"({ray_peak / serial_peak:.1f}x the serial peak)")
     print(f"identical rows: {on_ray.equals(serial)}")
+
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
-"""Sweep and plan points as Ray tasks on one local Ray (started once for the module): the same rows as a serial
-run, and Ctrl-C cancelling what has not finished while keeping what has."""
+"""Sweep and plan points as Ray tasks on one local Ray (started once for the module, as the sweep starts it): the
+same rows as a serial run, Ctrl-C cancelling what has not finished while keeping what has, and the warm-up reaching
+every worker."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from burstgpt.sim.simulate import EngineSpec
 from burstgpt.sweep.plan import PlanSpec, plan_capacity
-from burstgpt.sweep.run import RESULTS_FILE, run_sweep
+from burstgpt.sweep.run import RESULTS_FILE, SIM_POINT_MODULES, run_sweep, start_ray, warm_workers
 from burstgpt.sweep.spec import SweepAxis, SweepSpec
 from burstgpt.workload.spec import ScheduledArrivals, WorkloadSpec, build_workload
 
@@ -20,7 +21,7 @@ SPEC = SweepSpec(WorkloadSpec(ScheduledArrivals(alpha=0.5, beta_s=2.0), num_requ
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray(num_cpus=2)
     yield
     ray.shutdown()
 
@@ -52,3 +53,20 @@ def test_plan_presets_as_ray_tasks(local_ray):
     serial = plan_capacity(workload, spec, executor="serial")
     assert on_ray.table.equals(serial.table) and on_ray.search.equals(serial.search)
     assert on_ray.table["gpu"].to_list() == ["A800-80GB", "H100-80GB"]
+
+
+def test_warm_up_imports_the_modules_in_every_worker(local_ray):
+    @ray.remote(num_cpus=1)
+    def loaded(name):
+        import os
+        import sys
+        import time
+
+        time.sleep(0.3)  # held, so the two probes run at once, on the two workers
+        return os.getpid(), name in sys.modules
+
+    # colorsys: a module nothing else here imports, so only the warm-up can have loaded it
+    warmed = warm_workers((*SIM_POINT_MODULES, "colorsys"))
+    assert len(warmed) == 2  # one task per CPU reached two different workers
+    probes = ray.get([loaded.remote("colorsys") for _ in range(2)])
+    assert {pid for pid, _ in probes} == warmed and all(ready for _, ready in probes)

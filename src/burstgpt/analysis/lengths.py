@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
@@ -121,16 +122,33 @@ def _group_iter(frame: pl.DataFrame, columns: list[str]):
 
 @dataclass
 class _LengthGroup:
-    """One model x service group's lengths (tokens), all rows, shape (n,) each."""
+    """One model x service group's lengths (tokens), all rows, shape (n,) each; the selections several
+    statistics share are computed once (each is a pass over millions of rows)."""
 
     model: str | None
     service: str | None
     request: np.ndarray
     response: np.ndarray
 
-    @property
+    @cached_property
     def ok(self) -> np.ndarray:
+        """Successful requests (response_tokens > 0)."""
         return self.response > 0
+
+    @cached_property
+    def positive_request(self) -> np.ndarray:
+        """Request lengths above 0 tokens (failed requests included)."""
+        return self.request[self.request > 0]
+
+    @cached_property
+    def ok_request(self) -> np.ndarray:
+        """Request lengths of the successful requests."""
+        return self.request[self.ok]
+
+    @cached_property
+    def ok_response(self) -> np.ndarray:
+        """Response lengths of the successful requests (the positive ones)."""
+        return self.response[self.ok]
 
 
 @dataclass
@@ -218,7 +236,7 @@ def request_zipf_fits(frame: pl.DataFrame) -> pl.DataFrame:
 def _request_zipf(groups: list[_LengthGroup]) -> pl.DataFrame:
     rows = []
     for g in groups:
-        positive = g.request[g.request > 0]
+        positive = g.positive_request
         if positive.size == 0:
             continue
         row = {"model": g.model, "service": g.service, "n": positive.size, "min_tokens": int(positive.min()),
@@ -256,8 +274,7 @@ def _length_histograms(groups: list[_LengthGroup], plan: _BinPlan) -> pl.DataFra
         ends = starts + width
         ends[-1] = max(ends[-1], longest + 1.0)
         for g in groups:
-            values = g.request if kind == "request" else g.response
-            values = values[values > 0]
+            values = g.positive_request if kind == "request" else g.ok_response
             if values.size == 0:
                 continue
             counts = np.bincount(_bin_index(values, width, n_bins), minlength=n_bins)
@@ -343,7 +360,7 @@ def response_bimodality(frame: pl.DataFrame) -> pl.DataFrame:
 def _response_bimodality(groups: list[_LengthGroup]) -> pl.DataFrame:
     rows = []
     for g in groups:
-        lengths = g.response[g.ok]
+        lengths = g.ok_response
         if lengths.size == 0:
             continue
         distinct, counts = value_counts(lengths)
@@ -408,7 +425,7 @@ def _request_response_bins(groups: list[_LengthGroup], plan: _BinPlan) -> pl.Dat
     width, n_bins = plan.pair_request
     parts = []
     for g in groups:
-        request, response = g.request[g.ok], g.response[g.ok]
+        request, response = g.ok_request, g.ok_response
         if request.size == 0:
             continue
         index = _bin_index(request, width, n_bins)
@@ -449,9 +466,9 @@ def _request_response_counts(groups: list[_LengthGroup], plan: _BinPlan) -> pl.D
     (x_width, x_bins), (y_width, y_bins) = plan.pair_request, plan.pair_response
     parts = []
     for g in groups:
-        if not g.ok.any():
+        if g.ok_response.size == 0:
             continue
-        cell = _bin_index(g.request[g.ok], x_width, x_bins) * y_bins + _bin_index(g.response[g.ok], y_width, y_bins)
+        cell = _bin_index(g.ok_request, x_width, x_bins) * y_bins + _bin_index(g.ok_response, y_width, y_bins)
         counts = np.bincount(cell, minlength=x_bins * y_bins)
         filled = np.flatnonzero(counts)
         parts.append(pl.DataFrame({
@@ -473,5 +490,5 @@ def request_response_correlation(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _request_response_correlation(groups: list[_LengthGroup]) -> pl.DataFrame:
-    return _linear_fit_table((((g.model, g.service), g.request[g.ok], g.response[g.ok]) for g in groups),
+    return _linear_fit_table((((g.model, g.service), g.ok_request, g.ok_response) for g in groups),
                              "slope", "intercept_tokens")

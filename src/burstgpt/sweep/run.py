@@ -7,14 +7,17 @@ point order.
 
 Execution (`map_points`): serially in this process, or as Ray tasks (`ray.remote`) that return result rows (no
 shared files): a local Ray started in-process when none is running (`ray_address` joins an existing cluster),
-rows collected as tasks finish (`ray.wait`); Ctrl-C cancels the pending tasks and keeps the rows already in.
+its workers warmed with the modules the tasks need (`warm_workers`) as part of its start-up, rows collected as
+tasks finish (`ray.wait`); Ctrl-C cancels the pending tasks and keeps the rows already in.
 Ray is optional (`pip install burstgpt[ray]`): without it the default falls back to serial. The same point gives
 the same row either way: the seed is part of the point.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +35,11 @@ from burstgpt.sweep.spec import AXES, SweepPoint, SweepSpec, point_specs
 RESULTS_FILE = "results.parquet"
 SPEC_FILE = "sweep.json"
 EXECUTORS = ("auto", "ray", "serial")
+
+#: Modules a simulated point imports, some lazily on its first run (the Zipf pmf pulls in scipy.stats): a fresh
+#: process pays ~0.9 s CPU for them, so a local Ray imports them in every worker as part of its start-up.
+SIM_POINT_MODULES = ("burstgpt.sim.simulate", "burstgpt.workload.spec", "burstgpt.workload.lengths",
+                     "burstgpt.metrics.requests")
 
 #: The metric columns of a point's row, after `point_id`, the axis columns and `seed` (times in seconds; R, L, P
 #: are the paper's failure rate, latency and throughput; KV usage is a fraction 0-1 over the arrival span).
@@ -201,10 +209,13 @@ def wait_until_idle(metrics_url: str, timeout_s: float, poll_s: float = 0.5) -> 
 
 def map_points(fn: Callable, items: Sequence[tuple], *, executor: str = "auto", ray_address: str | None = None,
                num_cpus: int | None = None, on_result: Callable[[int, Any], None] | None = None,
+               preload: Sequence[str] = (),
                notice: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> None:
     """Call `fn(*items[i])` for every i, serially or as Ray tasks; `on_result(i, result)` in this process as each
     finishes (in completion order). `fn` must be a module-level function (Ray ships it by reference).
-    `executor` "auto": Ray when installed, else serial with a notice. Ctrl-C cancels what has not finished."""
+    `executor` "auto": Ray when installed, else serial with a notice. Ctrl-C cancels what has not finished.
+    `preload`: modules `fn` imports lazily; a local Ray started here imports them (and `fn`'s module) in each
+    worker before the first task (`warm_workers`)."""
     if executor not in EXECUTORS:
         raise BurstGPTError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     on_result = on_result or (lambda index, result: None)
@@ -216,20 +227,48 @@ def map_points(fn: Callable, items: Sequence[tuple], *, executor: str = "auto", 
                 raise BurstGPTError("Ray is not installed: pip install 'burstgpt[ray]', or run with --serial") from None
             notice("Ray is not installed (pip install 'burstgpt[ray]'): running the points one after another")
         else:
-            _map_on_ray(ray, fn, items, ray_address, num_cpus, on_result)
+            _map_on_ray(ray, fn, items, ray_address, num_cpus, on_result, (fn.__module__, *preload))
             return
     for index, args in enumerate(items):
         on_result(index, fn(*args))
 
 
-def _map_on_ray(ray, fn, items, ray_address, num_cpus, on_result) -> None:
+def start_ray(ray_address: str | None = None, num_cpus: int | None = None) -> None:
+    """`ray.init` as the sweep runs it: an in-process local Ray with `num_cpus` CPUs (None: all), or the cluster
+    at `ray_address`; quiet (no dashboard; workers' output not echoed). Measured here (2 cores, Ray 2.60): it
+    takes 3-3.5 s CPU and 2.3-4.5 s wall, Python processes importing Ray (GCS, raylet, autoscaler monitor, log
+    monitor, API server, dashboard and runtime-env agents, one worker per CPU), which no `ray.init` option or
+    system config we tried lowers; idle, they then use ~0.03 CPU-s per second in all."""
+    import ray
+
+    options = {} if ray_address else {"num_cpus": num_cpus}
+    ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
+
+
+def _import_modules(modules: Sequence[str]) -> int:
+    """Import `modules` (a warm-up task): this worker's process id."""
+    for name in modules:
+        importlib.import_module(name)
+    return os.getpid()
+
+
+def warm_workers(modules: Sequence[str]) -> set[int]:
+    """Import `modules` in the workers of the running Ray, one task per CPU, so the first real tasks do not pay
+    for the imports (a fresh worker otherwise spends ~0.9 s CPU in its first point); the workers' process ids."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(_import_modules)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return set(ray.get([task.remote(tuple(modules)) for _ in range(cpus)]))
+
+
+def _map_on_ray(ray, fn, items, ray_address, num_cpus, on_result, modules) -> None:
     started_here = not ray.is_initialized()
     if started_here:
-        # In-process local Ray (or the given cluster); quiet: no dashboard, workers' output not echoed.
-        options = {} if ray_address else {"num_cpus": num_cpus}
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 **options)
+        start_ray(ray_address, num_cpus)
     try:
+        if started_here and not ray_address:
+            warm_workers(modules)  # fresh local workers: part of the start-up (a cluster's may be warm already)
         task = ray.remote(num_cpus=1)(fn)
         pending = {task.remote(*args): index for index, args in enumerate(items)}
         try:
@@ -294,7 +333,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path | None = None, *, executor: s
     interrupted = False
     try:
         map_points(run_point, [(spec, point, target) for point in todo], executor=executor,
-                   ray_address=ray_address, num_cpus=num_cpus, on_result=finished, notice=notice)
+                   ray_address=ray_address, num_cpus=num_cpus, on_result=finished, preload=SIM_POINT_MODULES,
+                   notice=notice)
     except KeyboardInterrupt:
         interrupted = True
     ran = _count(rows, done)
@@ -337,5 +377,6 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-__all__ = ["EXECUTORS", "POINT_COLUMNS", "RESULTS_FILE", "SPEC_FILE", "ServerTarget", "SimTarget", "SweepResult",
-           "map_points", "point_metrics", "run_point", "run_sweep", "wait_until_idle"]
+__all__ = ["EXECUTORS", "POINT_COLUMNS", "RESULTS_FILE", "SIM_POINT_MODULES", "SPEC_FILE", "ServerTarget",
+           "SimTarget", "SweepResult", "map_points", "point_metrics", "run_point", "run_sweep", "start_ray",
+           "wait_until_idle", "warm_workers"]
