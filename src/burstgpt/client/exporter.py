@@ -44,15 +44,13 @@ from prometheus_client.registry import Collector
 
 from burstgpt.errors import BurstGPTError
 from burstgpt.records import STATUS_FAILED, STATUS_OK
+from burstgpt.records.buckets import VLLM_REQUEST_LATENCY_BUCKETS_S, VLLM_TPOT_BUCKETS_S, VLLM_TTFT_BUCKETS_S
 
 PREFIX = "burstgpt_client"
 #: Upper bounds (seconds) of the histogram buckets, vLLM's where vLLM has the same quantity.
-TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                  20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-TOKEN_LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-                           10.0, 20.0, 40.0, 80.0)
-E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-                 480.0, 960.0, 1920.0, 7680.0)
+TTFT_BUCKETS_S = VLLM_TTFT_BUCKETS_S
+TOKEN_LATENCY_BUCKETS_S = VLLM_TPOT_BUCKETS_S
+E2E_BUCKETS_S = VLLM_REQUEST_LATENCY_BUCKETS_S
 #: Dispatch lag: sub-millisecond to seconds (issue 12's client-limited thresholds are 10 ms and 100 ms).
 DISPATCH_LAG_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

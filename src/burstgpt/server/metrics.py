@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import prometheus_client
 
+from burstgpt.records.buckets import VLLM_REQUEST_LATENCY_BUCKETS_S as _LATENCY_BUCKETS
+from burstgpt.records.buckets import VLLM_TPOT_BUCKETS_S, VLLM_TTFT_BUCKETS_S
 from burstgpt.server.realtime import DONE, LiveRequest
 from burstgpt.sim.engine import EngineConfig, ServingEngine
 from burstgpt.sim.latency import LatencyModel, StepRecorder
 
-_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-                 40.0, 80.0)
-#: vLLM's REQUEST_LATENCY_BUCKETS: e2e, queue, inference, prefill and decode times.
-_E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-                480.0, 960.0, 1920.0, 7680.0)
 _ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
@@ -68,21 +63,21 @@ class EngineMetrics:
         self.prefix_hits = counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.")
         self._prefix_seen = (0, 0)
         self.ttft = histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                              _TTFT_BUCKETS)
+                              VLLM_TTFT_BUCKETS_S)
         self.tpot = histogram("vllm:time_per_output_token_seconds",
-                              "Histogram of time per output token in seconds.", _TPOT_BUCKETS)
+                              "Histogram of time per output token in seconds.", VLLM_TPOT_BUCKETS_S)
         self.e2e = histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
-                             _E2E_BUCKETS)
+                             _LATENCY_BUCKETS)
         self.iteration_tokens = histogram("vllm:iteration_tokens_total",
                                           "Histogram of number of tokens per engine_step.", _ITERATION_TOKENS_BUCKETS)
         self.queue_time = histogram("vllm:request_queue_time_seconds",
-                                    "Histogram of time spent in WAITING phase for request.", _E2E_BUCKETS)
+                                    "Histogram of time spent in WAITING phase for request.", _LATENCY_BUCKETS)
         self.inference_time = histogram("vllm:request_inference_time_seconds",
-                                        "Histogram of time spent in RUNNING phase for request.", _E2E_BUCKETS)
+                                        "Histogram of time spent in RUNNING phase for request.", _LATENCY_BUCKETS)
         self.prefill_time = histogram("vllm:request_prefill_time_seconds",
-                                      "Histogram of time spent in PREFILL phase for request.", _E2E_BUCKETS)
+                                      "Histogram of time spent in PREFILL phase for request.", _LATENCY_BUCKETS)
         self.decode_time = histogram("vllm:request_decode_time_seconds",
-                                     "Histogram of time spent in DECODE phase for request.", _E2E_BUCKETS)
+                                     "Histogram of time spent in DECODE phase for request.", _LATENCY_BUCKETS)
         if config is not None:
             settings = {"block_size": config.block_size, "num_gpu_blocks": config.num_gpu_blocks,
                         "max_num_seqs": config.max_num_seqs, "max_num_batched_tokens": config.max_num_batched_tokens,
