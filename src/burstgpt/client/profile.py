@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from burstgpt.client.prompts import PromptSynthesizer
-from burstgpt.client.scrape import parse_engine_settings, parse_server_metrics
+from burstgpt.client.scrape import parse_engine_settings, parse_server_metrics, wait_until_idle
 from burstgpt.client.sse import SSEParser, StreamError
 from burstgpt.errors import BurstGPTError
 from burstgpt.workload.tokenizer import Tokenizer
@@ -210,16 +210,8 @@ class Profiler:
         if not self.has_metrics:
             await asyncio.sleep(0.05)
             return None
-        deadline = time.monotonic() + self.idle_timeout_s
-        while True:
-            text = await self._metrics_text()
-            row = parse_server_metrics(text) if text is not None else {}
-            if not row.get("num_requests_running") and not row.get("num_requests_waiting"):
-                return row
-            if time.monotonic() > deadline:
-                raise BurstGPTError(f"the server did not become idle within {self.idle_timeout_s:g} s "
-                                    "(other traffic?): profile needs it to itself")
-            await asyncio.sleep(0.05)
+        return await wait_until_idle(self._metrics_text, self.idle_timeout_s,
+                                     busy_hint="other traffic? profile needs the server to itself")
 
     def _prompt(self, tokens: int) -> str:
         self._request_id += 1

@@ -19,12 +19,14 @@ the engine settings from `vllm:cache_config_info` (`parse_engine_settings` reads
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import aiohttp
 import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
+from burstgpt.errors import BurstGPTError
 from burstgpt.records import SERVER_METRICS_SCHEMA
 
 #: column -> (Prometheus sample names tried in order, how label sets combine: "mean" or "sum").
@@ -190,3 +192,22 @@ class ServerMetricsScraper:
         extra = [name for name in SCRAPED_SCHEMA if name not in SERVER_METRICS_SCHEMA]
         empty = [name for name in extra if frame.height == 0 or frame[name].null_count() == frame.height]
         return frame.drop(empty)
+
+
+async def wait_until_idle(fetch_metrics_text, timeout_s: float, *, poll_s: float = 0.05,
+                          busy_hint: str = "other traffic?") -> dict[str, float | None]:
+    """Poll `fetch_metrics_text()` (an async callable returning a /metrics body, or None when it cannot be read,
+    which counts as an empty scrape) until the server runs and queues nothing (a count it does not expose counts
+    as zero); return that scrape's `parse_server_metrics` row. `BurstGPTError` naming `busy_hint` after
+    `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = await fetch_metrics_text()
+        row = parse_server_metrics(text) if text is not None else {}
+        running, waiting = row.get("num_requests_running"), row.get("num_requests_waiting")
+        if not running and not waiting:
+            return row
+        if time.monotonic() > deadline:
+            raise BurstGPTError(f"the server did not become idle within {timeout_s:g} s (running {running or 0:g}, "
+                                f"waiting {waiting or 0:g}; {busy_hint})")
+        await asyncio.sleep(poll_s)

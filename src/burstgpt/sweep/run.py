@@ -176,30 +176,26 @@ def _bench_point(workload: pl.DataFrame, target: ServerTarget, point: SweepPoint
 
 
 def wait_until_idle(metrics_url: str, timeout_s: float, poll_s: float = 0.5) -> None:
-    """Return once the server's metrics show no request running or waiting; `BurstGPTError` after `timeout_s`."""
+    """Return once the server's metrics show no request running or waiting; `BurstGPTError` after `timeout_s`, or
+    when the metrics cannot be read."""
     import asyncio
 
     import aiohttp
 
-    from burstgpt.client.scrape import parse_server_metrics
+    from burstgpt.client import scrape
 
     async def poll() -> None:
-        deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession(trust_env=False) as session:
-            while True:
+            async def metrics_text() -> str:
                 try:
                     async with session.get(metrics_url) as response:
-                        row = parse_server_metrics(await response.text())
+                        return await response.text()
                 except aiohttp.ClientError as exc:
                     raise BurstGPTError(f"{metrics_url}: cannot read server metrics for the idle check: "
                                         f"{exc}") from None
-                busy = [row.get(name) for name in ("num_requests_running", "num_requests_waiting")]
-                if all(value is not None and value == 0 for value in busy) or all(value is None for value in busy):
-                    return
-                if time.monotonic() > deadline:
-                    raise BurstGPTError(f"{metrics_url}: the server is still busy after {timeout_s:g} s "
-                                        f"(running {busy[0]:g}, waiting {busy[1]:g}); another client may be using it")
-                await asyncio.sleep(poll_s)
+
+            await scrape.wait_until_idle(metrics_text, timeout_s, poll_s=poll_s,
+                                         busy_hint=f"{metrics_url}: another client may be using it")
 
     asyncio.run(poll())
 
