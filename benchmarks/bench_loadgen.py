@@ -42,7 +42,8 @@ import polars as pl
 from burstgpt.client.openai import EndpointOptions
 from burstgpt.client.runner import LoadGenerator, RunOptions
 from burstgpt.client.timing import records_verdict
-from burstgpt.client.workers import MultiSenderRun, available_cores
+from burstgpt.client.workers import MultiSenderRun
+from burstgpt.machine import available_cores
 
 TOKENS = 8  # streamed tokens per response
 

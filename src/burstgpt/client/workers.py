@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import os
 import signal
 import time
 import traceback
@@ -56,6 +55,7 @@ from burstgpt.client.runner import (
 )
 from burstgpt.client.scrape import ServerMetricsScraper
 from burstgpt.errors import BurstGPTError
+from burstgpt.machine import available_cores
 from burstgpt.records import RecordWriter, read_records_jsonl
 from burstgpt.workload.schema import conform_workload, validate_workload
 
@@ -65,14 +65,6 @@ START_LEAD_S = 0.3
 ONE_SENDER_PEAK_RPS = 1000.0
 _LIVE_FIELDS = 4  # sent, succeeded, failed, cancelled per sender in the shared live array
 _CLOCK_ROUNDS = 5  # round trips per actor for its clock offset
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 def auto_worker_count(workload: pl.DataFrame, cores: int | None = None) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from burstgpt.machine import available_cores
 from burstgpt.sim.engine import EngineConfig, ServingEngine
 from burstgpt.sim.latency import LatencyModel
 from burstgpt.sim.step_log import IntervalDigest, StepLog
@@ -48,11 +49,7 @@ def default_workers(num_requests: int) -> int:
     `PARALLEL_MAX_WORKERS`, from `PARALLEL_MIN_REQUESTS` requests on; else 1."""
     if num_requests < PARALLEL_MIN_REQUESTS:
         return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, PARALLEL_MAX_WORKERS))
+    return max(1, min(available_cores(), PARALLEL_MAX_WORKERS))
 
 
 def part_bounds(arrival: np.ndarray, parts: int, busy_until: np.ndarray) -> list[int]:
